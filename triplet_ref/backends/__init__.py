@@ -1,0 +1,137 @@
+"""Backend registry, input resolution and per-backend primitives.
+
+Nothing here imports a framework at import time.  A framework is imported only when the
+user names it (``backend="torch"``) or passes one of its arrays, in which case it is
+already in ``sys.modules``.  Backend objects are created lazily and cached.
+
+The rest of the package talks to a backend through two things:
+
+* ``resolve(embeddings, labels, backend)`` → :class:`Context` with the array namespace
+  ``xp`` (array-api-compat wrapped), the device, the converted arrays and the
+  :class:`~triplet_ref.backends._base.Backend` whose primitives (``safe_sqrt``,
+  ``sort_rows``, ``searchsorted_rows``, ``take_rows``, ...) the losses call;
+* the test adapters on the same object (``from_numpy``, ``to_numpy``,
+  ``value_and_grad``, ``jit``, ``devices``) used by the conformance suite.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+from typing import Any
+
+from ._base import Backend, Context, resolve, resolve_labels, resolve_many
+
+__all__ = [
+    "Backend",
+    "Context",
+    "BACKEND_NAMES",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+    "resolve",
+    "resolve_many",
+    "resolve_labels",
+]
+
+#: every backend name accepted by ``backend=``
+BACKEND_NAMES = ("numpy", "torch", "jax", "cupy", "array_api_strict")
+
+_MODULES = {
+    "numpy": "._numpy",
+    "torch": "._torch",
+    "jax": "._jax",
+    "cupy": "._cupy",
+    "array_api_strict": "._strict",
+}
+# the module a backend needs, and the pip extra that installs it
+_FRAMEWORK = {
+    "numpy": ("numpy", None),
+    "torch": ("torch", "torch"),
+    "jax": ("jax", "jax"),
+    "cupy": ("cupy", "cupy"),
+    "array_api_strict": ("array_api_strict", "strict"),
+}
+_CACHE: dict[str, Backend] = {}
+
+
+def _name_of(backend: Any) -> str:
+    if isinstance(backend, str):
+        name = backend.lower().replace("-", "_")
+        aliases = {"np": "numpy", "pytorch": "torch", "strict": "array_api_strict", "jax.numpy": "jax"}
+        name = aliases.get(name, name)
+        if name not in BACKEND_NAMES:
+            raise ValueError(
+                f"backend: unknown backend {backend!r}; expected one of {', '.join(BACKEND_NAMES)}, "
+                "a module, or None"
+            )
+        return name
+    if isinstance(backend, ModuleType):
+        modname = backend.__name__
+        for name, (mod, _) in _FRAMEWORK.items():
+            if modname == mod or modname.startswith(mod + ".") or modname.endswith("." + name) \
+                    or modname == f"array_api_compat.{name}":
+                return name
+        if modname == "jax.numpy":
+            return "jax"
+        raise ValueError(f"backend: unsupported module {modname!r}; expected one of {', '.join(BACKEND_NAMES)}")
+    raise TypeError(f"backend: expected a backend name, a module or None, got {type(backend).__name__}")
+
+
+def get_backend(backend: Any) -> Backend:
+    """The cached :class:`Backend` for a name or module; imports the framework.
+
+    Raises ``ValueError`` for an unknown name and ``ImportError`` naming the extra to
+    install when the framework is missing.
+    """
+    name = _name_of(backend)
+    if name not in _CACHE:
+        mod, extra = _FRAMEWORK[name]
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            hint = f"pip install 'triplet_ref[{extra}]'" if extra else f"pip install {mod}"
+            raise ImportError(f"backend={name!r} needs {mod}, which is not installed: {hint}") from exc
+        impl = importlib.import_module(_MODULES[name], __name__)
+        _CACHE[name] = impl.BACKEND
+    return _CACHE[name]
+
+
+def is_installed(name: str) -> bool:
+    """Whether the framework of backend ``name`` can be imported (does not import it)."""
+    mod = _FRAMEWORK[_name_of(name)][0]
+    if mod in sys.modules:
+        return True
+    return importlib.util.find_spec(mod) is not None
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose framework is installed (nothing is imported)."""
+    import importlib.util  # noqa: F401  (makes importlib.util available)
+
+    return [n for n in BACKEND_NAMES if is_installed(n)]
+
+
+def backend_of(x: Any) -> Backend | None:
+    """The backend an array belongs to, or None for lists/scalars.
+
+    Only frameworks already imported are considered, so this never imports one.
+    """
+    import numpy as np
+
+    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
+        return get_backend("numpy")
+    tmod = type(x).__module__ or ""
+    top = tmod.split(".")[0]
+    if top == "torch" and "torch" in sys.modules:
+        return get_backend("torch")
+    if top in ("jax", "jaxlib") and "jax" in sys.modules:
+        return get_backend("jax")
+    if top == "cupy" and "cupy" in sys.modules:
+        return get_backend("cupy")
+    if top == "array_api_strict" and "array_api_strict" in sys.modules:
+        return get_backend("array_api_strict")
+    return None
+
+
+import importlib.util  # noqa: E402  (used by is_installed)

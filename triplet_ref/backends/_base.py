@@ -1,0 +1,350 @@
+"""The Backend base class (portable array-API primitives) and input resolution."""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+class Backend:
+    """One array framework.  Subclasses override the primitives they do natively better.
+
+    Every primitive takes the compat namespace ``xp`` first and uses only the array API
+    standard in this base class, so a new backend only has to say how to import its
+    namespace and convert arrays.
+    """
+
+    name = "generic"
+    #: whether value_and_grad works (autograd framework)
+    supports_grad = False
+    #: whether jit() compiles (jax.jit / torch.compile)
+    supports_jit = False
+
+    # -- namespace and conversion ---------------------------------------------------
+    def namespace(self):
+        raise NotImplementedError
+
+    def is_native(self, x: Any) -> bool:
+        """Whether ``x`` is an array of this framework."""
+        raise NotImplementedError
+
+    def carries_grad(self, x: Any) -> bool:
+        """Whether ``x`` takes part in automatic differentiation (never copied out)."""
+        return False
+
+    def default_device(self):
+        return None
+
+    def from_numpy(self, a: Any, dtype: str | None = None, device: Any = None):
+        """A NumPy array (or list) as an array of this backend, optionally cast to ``dtype``
+        (a dtype *name* such as ``"float32"``) and placed on ``device``."""
+        xp = self.namespace()
+        a = np.asarray(a)
+        if dtype is not None:
+            a = a.astype(dtype) if dtype not in _LOW_PRECISION else a
+        out = xp.asarray(a, device=device) if device is not None else xp.asarray(a)
+        if dtype in _LOW_PRECISION:
+            out = xp.astype(out, getattr(xp, dtype))
+        return out
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    # -- primitives used by distances and losses --------------------------------------
+    def safe_sqrt(self, xp, x):
+        """sqrt(x) for x >= 0 whose gradient is 0 (not inf/NaN) where x == 0.
+
+        Portable double-``where``: the inner one keeps sqrt's argument away from 0 so its
+        derivative is finite, the outer one selects 0 there.  No bias for x > 0.
+        """
+        pos = x > 0
+        one = xp.ones((), dtype=x.dtype, device=_device(xp, x))
+        zero = xp.zeros((), dtype=x.dtype, device=_device(xp, x))
+        return xp.where(pos, xp.sqrt(xp.where(pos, x, one)), zero)
+
+    def clamp_min0(self, xp, x):
+        """max(x, 0) (a fresh array; the gradient is 0 where x < 0)."""
+        zero = xp.zeros((), dtype=x.dtype, device=_device(xp, x))
+        return xp.where(x > zero, x, zero)
+
+    def zero_diagonal(self, xp, x):
+        """x with its diagonal set to exactly 0 (square 2-D)."""
+        n = x.shape[0]
+        eye = xp.eye(n, dtype=xp.bool, device=_device(xp, x))
+        return xp.where(eye, xp.zeros((), dtype=x.dtype, device=_device(xp, x)), x)
+
+    def sort_rows(self, xp, x):
+        """Values of each row sorted ascending (differentiable where the backend is)."""
+        return xp.sort(x, axis=-1)
+
+    def argsort_rows(self, xp, x):
+        """Stable ascending argsort along the last axis (ties keep index order)."""
+        return xp.argsort(x, axis=-1, stable=True)
+
+    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left"):
+        """Row-wise searchsorted: ``out[i, j]`` = insertion index of ``values[i, j]`` in
+        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n)."""
+        import array_api_extra as xpx
+
+        return xpx.searchsorted(sorted_rows, values, side=side, xp=xp)
+
+    def take_rows(self, xp, x, idx):
+        """``out[i, j] = x[i, idx[i, j]]`` (take_along_axis on the last axis)."""
+        return xp.take_along_axis(x, idx, axis=-1)
+
+    def index_dtype(self, xp):
+        return xp.int64
+
+    def softplus(self, xp, x):
+        """log(1 + exp(x)) without overflow."""
+        zero = xp.zeros((), dtype=x.dtype, device=_device(xp, x))
+        return xp.logaddexp(x, zero)
+
+    # -- adapters for the conformance suite ----------------------------------------
+    def value_and_grad(self, fn: Callable, x: Any):
+        """(value, gradient) of scalar ``fn`` at native array ``x``, both as NumPy."""
+        raise NotImplementedError(f"{self.name} has no automatic differentiation")
+
+    def jit(self, fn: Callable) -> Callable:
+        """The backend's compiler applied to ``fn`` (identity where there is none)."""
+        return fn
+
+    def devices(self) -> list:
+        """Devices of this backend the suite can run on (CPU first)."""
+        return [None]
+
+    def synchronize(self, x: Any = None) -> None:
+        """Block until the asynchronous work producing ``x`` is done (for timing)."""
+
+    def __repr__(self) -> str:
+        return f"<triplet_ref backend {self.name}>"
+
+
+def _device(xp, x):
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+@dataclass
+class Context:
+    """What one call works with: the backend, its namespace, the device and the dtypes."""
+
+    backend: Backend
+    xp: Any
+    device: Any
+    dtype: Any  # the compute dtype (float32 for float16/bfloat16 inputs)
+    out_dtype: Any  # the embeddings' own dtype, the result's dtype
+
+    def finish(self, x):
+        """Cast a result back to the embeddings' dtype."""
+        if x.dtype != self.out_dtype:
+            return self.xp.astype(x, self.out_dtype)
+        return x
+
+
+def float_dtype_of(xp, x):
+    return x.dtype
+
+
+def _check_margin(margin: Any) -> None:
+    if isinstance(margin, bool) or not isinstance(margin, (numbers.Real, np.ndarray, np.generic)):
+        # allow 0-d arrays of any framework; tracers are checked only when concrete
+        if not hasattr(margin, "shape") or getattr(margin, "shape", None) not in ((), None):
+            raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
+    try:
+        value = float(margin)
+    except Exception:  # a traced value under jit: cannot check here
+        return
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"margin: must be finite and >= 0, got {value!r}")
+
+
+def _as_backend_array(x: Any, be: Backend, name: str, device: Any = None):
+    """Convert ``x`` (list, NumPy, foreign array without gradient) to backend ``be``."""
+    from . import backend_of
+
+    own = backend_of(x)
+    if own is be:
+        return x
+    if own is not None and own.carries_grad(x):
+        raise TypeError(
+            f"{name}: a {own.name} array that carries gradients cannot be converted to "
+            f"backend={be.name!r} (that would silently cut it off from autograd); "
+            f"pass backend=None or {own.name!r}"
+        )
+    if own is not None:
+        arr = own.to_numpy(x)
+    else:
+        if not isinstance(x, (list, tuple, numbers.Number)) and not hasattr(x, "__array__"):
+            raise TypeError(f"{name}: expected an array or a (nested) list, got {type(x).__name__}")
+        arr = np.asarray(x)
+    return be.from_numpy(arr, device=device)
+
+
+def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2):
+    if emb.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array of shape (B, D), got shape {tuple(emb.shape)}")
+    if emb.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (shape {tuple(emb.shape)}); need at least one row")
+    if not xp.isdtype(emb.dtype, "real floating"):
+        raise TypeError(f"{name}: expected a real floating dtype, got {emb.dtype}")
+
+
+def _compute_dtype(xp, dtype):
+    name = str(dtype)
+    if any(lp in name for lp in _LOW_PRECISION):
+        return xp.float32
+    return dtype
+
+
+def resolve(embeddings: Any, labels: Any = None, backend: Any = None, *,
+            embeddings_name: str = "embeddings"):
+    """Resolve the backend, convert and validate ``embeddings`` (and ``labels``).
+
+    Returns ``(ctx, emb, labels)``: ``emb`` in the compute dtype (float32 for
+    float16/bfloat16), ``labels`` an integer array in the same namespace and on the
+    same device (or None when not given).
+    """
+    ctx, (emb,) = resolve_many([(embeddings, embeddings_name)], backend)
+    if labels is None:
+        return ctx, emb, None
+    return ctx, emb, convert_labels(ctx, labels, emb.shape[0])
+
+
+def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int = 2):
+    """Like :func:`resolve` for several embedding-like arrays of equal dtype/backend.
+
+    The first array decides the backend when ``backend`` is None.
+    """
+    from . import backend_of, get_backend
+
+    first, first_name = arrays[0]
+    if backend is None:
+        be = backend_of(first)
+        if be is None:
+            if isinstance(first, (list, tuple)) or hasattr(first, "__array__"):
+                be = get_backend("numpy")
+            else:
+                raise TypeError(
+                    f"{first_name}: expected an array (NumPy, torch, JAX, CuPy, array-api-strict) "
+                    f"or a nested list, got {type(first).__name__}"
+                )
+    else:
+        be = get_backend(backend)
+    xp = be.namespace()
+    out = []
+    device = None
+    for x, name in arrays:
+        arr = _as_backend_array(x, be, name, device=device)
+        _check_embeddings(xp, arr, name, ndim=ndim)
+        if device is None:
+            import array_api_compat
+
+            device = array_api_compat.device(arr)
+        out.append(arr)
+    out_dtype = out[0].dtype
+    for arr, (_, name) in zip(out[1:], arrays[1:]):
+        if arr.dtype != out_dtype:
+            raise TypeError(f"{name}: dtype {arr.dtype} differs from {arrays[0][1]}'s {out_dtype}")
+        if arr.shape != out[0].shape:
+            raise ValueError(f"{name}: shape {tuple(arr.shape)} differs from {arrays[0][1]}'s {tuple(out[0].shape)}")
+    dtype = _compute_dtype(xp, out_dtype)
+    if dtype != out_dtype:
+        out = [xp.astype(a, dtype) for a in out]
+    ctx = Context(backend=be, xp=xp, device=device, dtype=dtype, out_dtype=out_dtype)
+    return ctx, out
+
+
+def convert_labels(ctx: Context, labels: Any, batch: int, name: str = "labels"):
+    """Labels of any integer dtype and array kind → the context's namespace and device."""
+    from . import backend_of
+
+    xp = ctx.xp
+    own = backend_of(labels)
+    if own is ctx.backend:
+        lab = labels
+    elif own is not None:
+        lab = ctx.backend.from_numpy(own.to_numpy(labels), device=ctx.device)
+    else:
+        arr = np.asarray(labels)
+        if arr.dtype == object:
+            raise TypeError(f"{name}: expected integer labels, got objects")
+        lab = ctx.backend.from_numpy(arr, device=ctx.device)
+    if lab.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
+    if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
+        raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
+    if lab.shape[0] != batch:
+        raise ValueError(f"{name}: length {lab.shape[0]} does not match the batch size {batch} of the embeddings")
+    import array_api_compat
+
+    if array_api_compat.device(lab) != ctx.device:
+        lab = array_api_compat.to_device(lab, ctx.device)
+    return lab
+
+
+def check_margin(margin: Any) -> None:
+    _check_margin(margin)
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _finish_sqdist(self, xp, d2, sqrt):
+    """Clamp squared distances at 0, zero the diagonal exactly, then (optionally) the
+    safe square root.  Backends override it with fused or in-place versions."""
+    d2 = self.zero_diagonal(xp, self.clamp_min0(xp, d2))
+    return self.safe_sqrt(xp, d2) if sqrt else d2
+
+
+Backend.finish_sqdist = _finish_sqdist
+
+
+def _gram_to_sqdist(self, xp, G, sq):
+    """Squared distances ``sq_i + sq_j - 2 G_ij`` from a Gram matrix, exactly symmetric.
+
+    A general matmul does not promise ``(X Xᵀ)ᵢⱼ == (X Xᵀ)ⱼᵢ`` bit for bit (torch's does
+    not), so G is symmetrised first; backends whose matmul is symmetric override this.
+    """
+    half = xp.asarray(0.5, dtype=G.dtype, device=_device(xp, G))
+    G = (G + G.T) * half
+    two = xp.asarray(2.0, dtype=G.dtype, device=_device(xp, G))
+    return (sq[:, None] + sq[None, :]) - two * G
+
+
+Backend.gram_to_sqdist = _gram_to_sqdist
+
+
+def resolve_labels(labels: Any, backend: Any = None, name: str = "labels"):
+    """Resolve a labels-only call (the masks): returns ``(backend, xp, labels)``."""
+    from . import backend_of, get_backend
+
+    if backend is None:
+        be = backend_of(labels) or get_backend("numpy")
+    else:
+        be = get_backend(backend)
+    xp = be.namespace()
+    if backend_of(labels) is be:
+        lab = labels
+    else:
+        src = backend_of(labels)
+        arr = src.to_numpy(labels) if src is not None else np.asarray(labels)
+        if arr.dtype == object:
+            raise TypeError(f"{name}: expected integer labels, got objects")
+        lab = be.from_numpy(arr)
+    if lab.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
+    if lab.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch; need at least one label")
+    if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
+        raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
+    return be, xp, lab

@@ -1,0 +1,101 @@
+"""JAX backend (CPU and GPU); imported only when jax is in use."""
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from ._base import Backend
+
+
+@jax.custom_jvp
+def _safe_sqrt(x):
+    return jnp.sqrt(x)
+
+
+@_safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    out = jnp.sqrt(x)
+    safe = jnp.where(out > 0, out, jnp.ones_like(out))
+    return out, jnp.where(out > 0, t / (2 * safe), jnp.zeros_like(out))
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    supports_grad = True
+    supports_jit = True
+
+    def namespace(self):
+        return jnp
+
+    def is_native(self, x):
+        return isinstance(x, jax.Array)
+
+    def carries_grad(self, x):
+        return isinstance(x, jax.core.Tracer)
+
+    def from_numpy(self, a, dtype=None, device=None):
+        a = np.asarray(a)
+        if dtype is not None and dtype != "bfloat16":
+            a = a.astype(dtype)
+        out = jnp.asarray(a)
+        if dtype == "bfloat16":
+            out = out.astype(jnp.bfloat16)
+        if device is not None:
+            out = jax.device_put(out, device)
+        return out
+
+    def to_numpy(self, x):
+        if x.dtype == jnp.bfloat16:
+            x = x.astype(jnp.float32)
+        return np.asarray(x)
+
+    def safe_sqrt(self, xp, x):
+        return _safe_sqrt(x)
+
+    def finish_sqdist(self, xp, d2, sqrt):
+        d2 = jnp.maximum(d2, jnp.zeros((), d2.dtype))
+        n = d2.shape[0]
+        d2 = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d2.dtype), d2)
+        return _safe_sqrt(d2) if sqrt else d2
+
+    def sort_rows(self, xp, x):
+        return jnp.sort(x, axis=-1)
+
+    def argsort_rows(self, xp, x):
+        return jnp.argsort(x, axis=-1, stable=True)
+
+    def searchsorted_rows(self, xp, sorted_rows, values, side="left", where=None):
+        return jax.vmap(lambda s, v: jnp.searchsorted(s, v, side=side))(sorted_rows, values)
+
+    def take_rows(self, xp, x, idx):
+        return jnp.take_along_axis(x, idx, axis=-1)
+
+    def index_dtype(self, xp):
+        return jnp.asarray(0).dtype  # int64 under x64, else int32
+
+    def softplus(self, xp, x):
+        return jax.nn.softplus(x)
+
+    def value_and_grad(self, fn, x):
+        v, g = jax.value_and_grad(fn)(x)
+        return np.asarray(v, dtype=np.float64), self.to_numpy(g)
+
+    def jit(self, fn):
+        return jax.jit(fn)
+
+    def devices(self):
+        devs = list(jax.devices("cpu"))[:1]
+        try:
+            devs += list(jax.devices("gpu"))[:1]
+        except RuntimeError:
+            pass
+        return devs
+
+    def synchronize(self, x=None):
+        if x is not None:
+            jax.block_until_ready(x)
+
+
+BACKEND = JaxBackend()

@@ -1,0 +1,91 @@
+"""Pairwise distances from the Gram matrix, with an exact zero diagonal and safe gradients."""
+from __future__ import annotations
+
+from typing import Any
+
+from .backends import Context, resolve
+from .backends._base import check_choice
+
+__all__ = ["pairwise_distances", "METRICS"]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+
+def pairwise_distances(embeddings: Any, *, metric: str = "euclidean", backend: Any = None):
+    """All pairwise distances between the rows of ``embeddings``.
+
+    ===============  ====================================================================
+    ``euclidean``    ``d(i, j) = ||x_i - x_j||_2``
+    ``sqeuclidean``  ``d(i, j) = ||x_i - x_j||_2^2``
+    ``cosine``       ``d(i, j) = 1 - <x_i, x_j> / (||x_i|| ||x_j||)``; a zero row has cosine 0
+                     with every other row (so distance 1)
+    ===============  ====================================================================
+
+    For every metric ``d(i, i) == 0`` exactly, ``d >= 0`` and ``d`` is exactly symmetric.
+    Gradients are finite everywhere; at ``d == 0`` (diagonal, duplicate rows) the
+    euclidean gradient is 0 (a safe square root that leaves non-zero distances unbiased).
+
+    The euclidean metrics use the Gram trick on *centred* rows (distances do not change
+    when a common offset is subtracted, and centring removes most of the cancellation
+    ``|x_i|^2 + |x_j|^2 - 2<x_i, x_j>`` suffers for embeddings far from the origin).
+
+    Args:
+      embeddings: ``(B, D)`` real floating array (NumPy, torch, JAX, CuPy,
+        array-api-strict or a nested list).
+      metric: ``"euclidean"`` (default), ``"sqeuclidean"`` or ``"cosine"``.
+      backend: ``None`` keeps the embeddings' framework and device; a name or module
+        converts NumPy/list input to that framework.
+
+    Returns:
+      ``(B, B)`` array of the embeddings' dtype on their device (float16/bfloat16 inputs
+      are computed in float32 and cast back).
+    """
+    check_choice(metric, "metric", METRICS)
+    ctx, x, _ = resolve(embeddings, None, backend)
+    return ctx.finish(distance_matrix(ctx, x, metric))
+
+
+def distance_matrix(ctx: Context, x, metric: str):
+    """Pairwise distances of resolved, validated ``x`` (compute dtype) — the shared step
+    every loss calls."""
+    xp, be = ctx.xp, ctx.backend
+    if metric == "cosine":
+        sq = xp.sum(x * x, axis=1)
+        norm = be.safe_sqrt(xp, sq)
+        zero = xp.zeros((), dtype=x.dtype, device=ctx.device)
+        one = xp.ones((), dtype=x.dtype, device=ctx.device)
+        nonzero = norm > zero
+        inv = xp.where(nonzero, one / xp.where(nonzero, norm, one), zero)
+        xn = x * inv[:, None]
+        g = xn @ xn.T
+        # 1 - cos, symmetric, clamped to [0, 2] and exactly 0 on the diagonal
+        half = xp.asarray(0.5, dtype=x.dtype, device=ctx.device)
+        d = one - (g + g.T) * half
+        two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
+        d = xp.minimum(d, two)
+        return be.finish_sqdist(xp, d, sqrt=False)
+    xc = x - xp.mean(x, axis=0, keepdims=True)
+    sq = xp.sum(xc * xc, axis=1)
+    d2 = be.gram_to_sqdist(xp, xc @ xc.T, sq)
+    return be.finish_sqdist(xp, d2, sqrt=(metric == "euclidean"))
+
+
+def row_distances(ctx: Context, a, b, metric: str):
+    """``d(a_i, b_i)`` for paired rows (the explicit-tuple losses): shape ``(N,)``.
+
+    Computed from differences, not a Gram matrix, so it is exact up to rounding.
+    """
+    xp, be = ctx.xp, ctx.backend
+    if metric == "cosine":
+        zero = xp.zeros((), dtype=a.dtype, device=ctx.device)
+        one = xp.ones((), dtype=a.dtype, device=ctx.device)
+        na = be.safe_sqrt(xp, xp.sum(a * a, axis=1))
+        nb = be.safe_sqrt(xp, xp.sum(b * b, axis=1))
+        den = na * nb
+        ok = den > zero
+        cos = xp.where(ok, xp.sum(a * b, axis=1) / xp.where(ok, den, one), zero)
+        two = xp.asarray(2.0, dtype=a.dtype, device=ctx.device)
+        return xp.minimum(xp.maximum(one - cos, zero), two)
+    diff = a - b
+    d2 = xp.sum(diff * diff, axis=1)
+    return be.safe_sqrt(xp, d2) if metric == "euclidean" else d2

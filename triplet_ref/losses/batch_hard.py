@@ -1,0 +1,81 @@
+"""Batch-hard triplet loss (Hermans, Beyer and Leibe 2017)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+
+__all__ = ["batch_hard"]
+
+
+def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
+               soft: bool = False, reduction: str = "mean", return_info: bool = False,
+               backend: Any = None):
+    """Batch-hard triplet loss: each anchor's hardest positive against its hardest negative.
+
+    An anchor ``a`` is *valid* when it has at least one positive and one negative. For a
+    valid anchor::
+
+        hp(a) = max_{p: y_p = y_a, p != a} d(a, p)      (ties: smallest index)
+        hn(a) = min_{n: y_n != y_a} d(a, n)             (ties: smallest index)
+        l(a)  = h(hp(a) - hn(a) + margin)
+
+    with ``h(x) = max(x, 0)``, or ``softplus(x)`` when ``soft=True`` (the margin is kept:
+    pass ``margin=0`` for the soft margin of Hermans et al.). Memory O(B²): one masked
+    max and min per row.
+
+    Args:
+      labels: ``(B,)`` integer class labels (any integer dtype, any array kind).
+      embeddings: ``(B, D)`` real floating array.
+      margin: finite, ``>= 0``.
+      metric: ``"euclidean"`` | ``"sqeuclidean"`` | ``"cosine"``.
+      soft: softplus instead of the hinge.
+      reduction: ``"mean"`` over valid anchors (0 when none), ``"sum"``, or ``"none"``
+        for the ``(B,)`` vector (0 at invalid anchors).
+      return_info: also return a dict with ``hardest_positive`` / ``hardest_negative``
+        ``(B,)`` indices (-1 at invalid anchors), ``valid`` ``(B,)`` bool, ``num_valid``,
+        ``fraction_positive`` (valid anchors with ``l > 0`` / valid anchors),
+        ``mean_hardest_positive_dist`` and ``mean_hardest_negative_dist`` (over valid
+        anchors), all arrays of the embeddings' backend.
+      backend: ``None`` (the embeddings' own) or a backend name/module.
+
+    Returns:
+      0-d array (``(B,)`` for ``reduction="none"``) of the embeddings' dtype, on their
+      device; with ``return_info``, ``(loss, info)``.
+    """
+    ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+    xp, be = ctx.xp, ctx.backend
+    inf = scalar(ctx, float("inf"))
+    has_pos = xp.any(pos, axis=1)
+    has_neg = xp.any(neg, axis=1)
+    valid = has_pos & has_neg
+
+    # argmax/argmin return the first (smallest) index among ties on every backend; the
+    # distance is gathered from d so the gradient reaches exactly that one entry.
+    hp_idx = xp.argmax(xp.where(pos, d, -inf), axis=1)
+    hn_idx = xp.argmin(xp.where(neg, d, inf), axis=1)
+    hp = be.take_rows(xp, d, hp_idx[:, None])[:, 0]
+    hn = be.take_rows(xp, d, hn_idx[:, None])[:, 0]
+
+    zero = scalar(ctx, 0)
+    arg = hp - hn + scalar(ctx, m)
+    per_anchor = xp.where(valid, hinge(ctx, arg, soft), zero)
+    num_valid = xp.sum(as_float(ctx, valid))
+    loss = reduce(ctx, per_anchor, num_valid, reduction)
+
+    info = None
+    if return_info:
+        minus1 = xp.asarray(-1, dtype=hp_idx.dtype, device=ctx.device)
+        info = {
+            "hardest_positive": xp.where(valid, hp_idx, minus1),
+            "hardest_negative": xp.where(valid, hn_idx, minus1),
+            "valid": valid,
+            "num_valid": xp.sum(xp.astype(valid, hp_idx.dtype)),
+            "fraction_positive": ctx.finish(safe_divide(
+                ctx, xp.sum(as_float(ctx, valid & (per_anchor > zero))), num_valid)),
+            "mean_hardest_positive_dist": ctx.finish(safe_divide(
+                ctx, xp.sum(xp.where(valid, hp, zero)), num_valid)),
+            "mean_hardest_negative_dist": ctx.finish(safe_divide(
+                ctx, xp.sum(xp.where(valid, hn, zero)), num_valid)),
+        }
+    return finish(ctx, loss, x, info, return_info)

@@ -1,0 +1,110 @@
+"""Contrastive losses (Hadsell, Chopra and LeCun 2006): online pairs and explicit pairs."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..backends import resolve_many
+from ..backends._base import check_choice, check_margin, convert_labels
+from ..distances import row_distances
+from ._common import REDUCTIONS, as_float, finish, prepare, reduce, safe_divide, scalar
+
+__all__ = ["batch_contrastive", "contrastive_loss"]
+
+
+def _pair_terms(ctx, e2, e, same, m):
+    """``same·e² + (1 − same)·max(m − e, 0)²`` for bool ``same``."""
+    xp = ctx.xp
+    gap = xp.maximum(scalar(ctx, m) - e, scalar(ctx, 0))
+    return xp.where(same, e2, gap * gap)
+
+
+def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
+                      reduction: str = "mean", return_info: bool = False, backend: Any = None):
+    """Contrastive loss over every ordered pair ``(i, j)``, ``i != j``, of the batch.
+
+    With ``e = ||x_i - x_j||_2`` (always euclidean)::
+
+        l(i, j) = e²                     if y_i = y_j
+                  max(margin - e, 0)²    otherwise
+
+    Args:
+      labels: ``(B,)`` integer labels; embeddings: ``(B, D)`` real floating array.
+      margin: finite, ``>= 0``.
+      reduction: ``"mean"`` = ½ · mean over the B(B−1) terms (0 when B < 2);
+        ``"sum"`` = ½ · Σ; ``"none"`` = the ``(B, B)`` matrix ½·l (0 on the diagonal).
+      return_info: also return ``num_pairs`` (B(B−1)), ``num_positive_pairs``,
+        ``num_negative_pairs`` and ``fraction_active_negative`` (negative pairs with
+        e < margin, over negative pairs; 0 when there is none).
+      backend: ``None`` (the embeddings' own) or a backend name/module.
+    """
+    ctx, x, d2, pos, neg, m = prepare(labels, embeddings, margin, "sqeuclidean", reduction, backend)
+    xp, be = ctx.xp, ctx.backend
+    e = be.safe_sqrt(xp, d2)
+    half = scalar(ctx, 0.5)
+    zero = scalar(ctx, 0)
+    per_pair = xp.where(pos | neg, half * _pair_terms(ctx, d2, e, pos, m), zero)
+    B = d2.shape[0]
+    loss = reduce(ctx, per_pair, scalar(ctx, B * (B - 1)), reduction)
+    info = None
+    if return_info:
+        idt = be.index_dtype(xp)
+        active = neg & (e < scalar(ctx, m))
+        info = {
+            "num_pairs": xp.asarray(B * (B - 1), dtype=idt, device=ctx.device),
+            "num_positive_pairs": xp.sum(xp.astype(pos, idt)),
+            "num_negative_pairs": xp.sum(xp.astype(neg, idt)),
+            "fraction_active_negative": ctx.finish(safe_divide(
+                ctx, xp.sum(as_float(ctx, active)), xp.sum(as_float(ctx, neg)))),
+        }
+    return finish(ctx, loss, x, info, return_info)
+
+
+def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
+                     reduction: str = "mean", backend: Any = None):
+    """Contrastive loss of explicit pairs of rows.
+
+    ``l_i = same_i · e_i² + (1 − same_i) · max(margin − e_i, 0)²`` with
+    ``e_i = ||x1_i − x2_i||_2``.
+
+    Args:
+      x1, x2: ``(N, D)`` real floating arrays of the same dtype.
+      same: ``(N,)`` bool or integer 0/1 array: whether the pair is of one class.
+      margin: finite, ``>= 0``.
+      reduction: ``"mean"`` = ½ · mean over rows, ``"sum"`` = ½ · Σ, ``"none"`` = ½ · l, shape (N,).
+      backend: ``None`` (``x1``'s own) or a backend name/module.
+    """
+    check_choice(reduction, "reduction", REDUCTIONS)
+    check_margin(margin)
+    ctx, (a, b) = resolve_many([(x1, "x1"), (x2, "x2")], backend)
+    xp = ctx.xp
+    same_b = _as_bool(ctx, same, a.shape[0])
+    d2 = row_distances(ctx, a, b, "sqeuclidean")
+    e = ctx.backend.safe_sqrt(xp, d2)
+    per_row = scalar(ctx, 0.5) * _pair_terms(ctx, d2, e, same_b, margin)
+    loss = reduce(ctx, per_row, scalar(ctx, a.shape[0]), reduction)
+    nan = xp.any(xp.isnan(a)) | xp.any(xp.isnan(b))
+    return ctx.finish(xp.where(nan, scalar(ctx, float("nan")), loss))
+
+
+def _as_bool(ctx, same, n):
+    """``same`` as a bool array in the context: bool, or integers that are 0 or 1."""
+    import numpy as np
+
+    from ..backends import backend_of
+
+    xp = ctx.xp
+    own = backend_of(same)
+    if own is not None and own is not ctx.backend:
+        same = ctx.backend.from_numpy(own.to_numpy(same), device=ctx.device)
+    elif own is None:
+        arr = np.asarray(same)
+        if arr.dtype == object:
+            raise TypeError("same: expected a bool or 0/1 integer array")
+        same = ctx.backend.from_numpy(arr, device=ctx.device)
+    if same.ndim != 1 or same.shape[0] != n:
+        raise ValueError(f"same: expected shape ({n},), got {tuple(same.shape)}")
+    if xp.isdtype(same.dtype, "bool"):
+        return same
+    if not xp.isdtype(same.dtype, "integral"):
+        raise TypeError(f"same: expected a bool or integer 0/1 array, got dtype {same.dtype}")
+    return same != xp.zeros((), dtype=same.dtype, device=ctx.device)

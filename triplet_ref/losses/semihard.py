@@ -1,0 +1,86 @@
+"""Semi-hard triplet loss (Schroff, Kalenichenko and Philbin 2015, FaceNet)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+
+__all__ = ["batch_semihard"]
+
+
+def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
+                   metric: str = "euclidean", reduction: str = "mean",
+                   return_info: bool = False, backend: Any = None):
+    """Semi-hard triplet loss: each positive pair against its semi-hard negative.
+
+    Terms are the positive pairs ``(a, p)`` whose anchor has at least one negative. The
+    chosen negative is::
+
+        n*(a, p) = argmin_{n: y_n != y_a, d(a, n) > d(a, p)} d(a, n)   (strictly greater)
+                   or, when no such negative exists, argmax_{n: y_n != y_a} d(a, n)
+        l(a, p)  = max(d(a, p) - d(a, n*) + margin, 0)
+
+    ties going to the smallest index. How: one stable argsort of each anchor's negative
+    distances and a row-wise search for ``d(a, p)``: O(B² log B) time, O(B²) memory,
+    no data-dependent shapes.
+
+    Args:
+      labels: ``(B,)`` integer labels; embeddings: ``(B, D)`` real floating array.
+      margin: finite, ``>= 0``. metric: ``"euclidean"`` | ``"sqeuclidean"`` | ``"cosine"``.
+      reduction: ``"mean"`` over the terms (0 when there is none), ``"sum"``, or
+        ``"none"``: the ``(B, B)`` matrix, 0 where ``(a, p)`` is not a term.
+      return_info: also return ``semihard_negative`` ``(B, B)`` indices (-1 where not a
+        term), ``num_valid`` (the number of terms), ``fraction_positive`` (terms with
+        ``l > 0``) and ``fraction_semihard`` (terms whose ``n*`` came from the strict
+        rule rather than the fallback).
+      backend: ``None`` (the embeddings' own) or a backend name/module.
+
+    Returns:
+      0-d array (or the ``(B, B)`` array) of the embeddings' dtype on their device;
+      ``(loss, info)`` with ``return_info``.
+    """
+    ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+    xp, be = ctx.xp, ctx.backend
+    B = d.shape[0]
+    idt = be.index_dtype(xp)
+    zero = scalar(ctx, 0)
+    izero = xp.zeros((), dtype=idt, device=ctx.device)
+    inf = scalar(ctx, float("inf"))
+
+    nneg = xp.sum(xp.astype(neg, idt), axis=1)
+    term = pos & (nneg > izero)[:, None]
+
+    dn = xp.where(neg, d, inf)
+    order = xp.astype(be.argsort_rows(xp, dn), idt)  # stable: ties keep index order
+    srt = be.take_rows(xp, dn, order)
+
+    # first sorted position with d(a, n) > d(a, p): its value is the smallest such
+    # distance and, the sort being stable, its index the smallest among ties
+    first_greater = xp.astype(be.searchsorted_rows(xp, srt, d, side="right", where=term), idt)
+    semihard = term & (first_greater < nneg[:, None])
+    # fallback: the largest negative distance, at its first sorted position
+    last = xp.maximum(nneg - xp.ones((), dtype=idt, device=ctx.device), izero)
+    largest = be.take_rows(xp, srt, last[:, None])
+    first_largest = xp.astype(be.searchsorted_rows(xp, srt, largest, side="left"), idt)
+    pos_sorted = xp.where(semihard, first_greater, first_largest)
+    pos_sorted = xp.minimum(pos_sorted, xp.asarray(B - 1, dtype=idt, device=ctx.device))
+    chosen = be.take_rows(xp, order, pos_sorted)
+
+    d_neg = be.take_rows(xp, d, chosen)
+    arg = d - d_neg + scalar(ctx, m)
+    per_pair = xp.where(term, hinge(ctx, arg, soft=False), zero)
+    num_terms = xp.sum(as_float(ctx, term))
+    loss = reduce(ctx, per_pair, num_terms, reduction)
+
+    info = None
+    if return_info:
+        minus1 = xp.asarray(-1, dtype=idt, device=ctx.device)
+        info = {
+            "semihard_negative": xp.where(term, chosen, minus1),
+            "num_valid": xp.sum(xp.astype(term, idt)),
+            "fraction_positive": ctx.finish(safe_divide(
+                ctx, xp.sum(as_float(ctx, term & (per_pair > zero))), num_terms)),
+            "fraction_semihard": ctx.finish(safe_divide(
+                ctx, xp.sum(as_float(ctx, semihard)), num_terms)),
+        }
+    return finish(ctx, loss, x, info, return_info)
