@@ -80,6 +80,12 @@ def test_distance_properties_random():
 
 
 # ----------------------------------------------------------------------------- masks
+def test_zero_feature_columns_are_zero_rows():
+    # shape (3, 0): every row is the zero vector -> euclidean 0, cosine 1 off the diagonal
+    np.testing.assert_array_equal(o.pairwise_distances(np.zeros((3, 0))), np.zeros((3, 3)))
+    np.testing.assert_array_equal(o.pairwise_distances(np.zeros((2, 0)), metric="cosine"), [[0, 1], [1, 0]])
+
+
 def test_masks_by_hand():
     y = [0, 0, 1, 0]
     ap = [
@@ -485,7 +491,7 @@ GOOD_Y, GOOD_X = [0, 0, 1], line(0, 1, 3)
         ({"embeddings": [0.0, 1.0, 2.0]}, ValueError, "embeddings"),  # 1-D
         ({"embeddings": np.zeros((3, 1, 1))}, ValueError, "embeddings"),  # 3-D
         ({"embeddings": np.zeros((0, 2)), "labels": np.zeros(0, int)}, ValueError, "empty"),
-        ({"embeddings": np.zeros((3, 0))}, ValueError, "embeddings"),
+        ({"embeddings": [[0], [1], [3]]}, TypeError, "embeddings"),  # integer dtype
         ({"embeddings": [[True], [False], [True]]}, TypeError, "embeddings"),
         ({"embeddings": np.ones((3, 1), complex)}, TypeError, "embeddings"),
         ({"embeddings": [["a"], ["b"], ["c"]]}, TypeError, "embeddings"),
@@ -501,7 +507,7 @@ GOOD_Y, GOOD_X = [0, 0, 1], line(0, 1, 3)
         ({"margin": True}, TypeError, "margin"),
         ({"margin": [1.0, 2.0]}, TypeError, "margin"),
         ({"metric": "manhattan"}, ValueError, "metric"),
-        ({"metric": None}, TypeError, "metric"),
+        ({"metric": None}, ValueError, "metric"),
         ({"reduction": "max"}, ValueError, "reduction"),
         ({"return_info": "yes"}, TypeError, "return_info"),
     ],

@@ -102,21 +102,21 @@ def _is_floating(dtype: np.dtype) -> bool:
 
 
 def _read_embeddings(x: Any, name: str = "embeddings") -> list[list[float]]:
-    """2-D, non-empty, real numbers -> list of rows of Python floats (float64).
+    """2-D, at least one row, real floating dtype -> list of rows of Python floats (float64).
 
-    Decision: integer embeddings are accepted and read as float64 (the value is exact for
-    |x| < 2**53); bool, complex, strings and objects are rejected with TypeError.
+    Like the library: integer, bool, complex, string and object arrays are rejected with
+    TypeError (a list of Python ints is an integer array: write ``0.0``, not ``0``).
+    float16/bfloat16/float32 values are read exactly into float64.  Zero feature columns
+    (shape ``(B, 0)``) are allowed: every row is then the zero vector.
     """
     arr = _to_numpy(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (B, D), got shape {tuple(arr.shape)}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: the batch needs at least one row, got shape {tuple(arr.shape)}")
-    if arr.shape[1] == 0:
-        raise ValueError(f"{name} has no feature column: shape {tuple(arr.shape)}")
     dt = arr.dtype
-    if dt.kind == "b" or dt.kind == "c" or not (_is_floating(dt) or dt.kind in "iu"):
-        raise TypeError(f"{name} must hold real numbers (a floating dtype), got dtype {dt}")
+    if not _is_floating(dt):
+        raise TypeError(f"{name} must have a real floating dtype, got dtype {dt}")
     arr = arr.astype(np.float64)
     return [[float(v) for v in row] for row in arr.tolist()]
 
@@ -158,9 +158,7 @@ def _read_margin(margin: Any) -> float:
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, one of {choices}; got {type(value).__name__}")
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
     return value
 
