@@ -550,3 +550,49 @@ def test_bad_input_other_functions():
         o.contrastive_loss([[0.0]], [[1.0]], ["yes"])
     with pytest.raises(ValueError, match="margin"):
         o.contrastive_loss([[0.0]], [[1.0]], [1], -1.0)
+
+
+# ----------------------------------------------------------------------------- peers
+# The "where peers differ" table of docs/semantics.md, checked by running the peers on a
+# small batch (their sources are cited there).  Skipped when the peer is not installed.
+def _peer_batch(seed=1, b=10, dim=4, classes=3):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, classes, size=b), rng.normal(size=(b, dim))
+
+
+def test_peer_pytorch_metric_learning():
+    torch = pytest.importorskip("torch")
+    pml = pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import distances, losses, miners
+
+    y, x = _peer_batch()
+    Y, X = torch.tensor(y), torch.tensor(x)  # float64 throughout
+    raw = distances.LpDistance(normalize_embeddings=False)
+    # TripletMarginLoss (all triplets, AvgNonZeroReducer) == batch_all's mean over positive triplets
+    got = losses.TripletMarginLoss(margin=0.5, distance=raw)(X, Y).item()
+    assert got == pytest.approx(o.batch_all(y, x, 0.5), rel=1e-12)
+    # its default distance L2-normalises the embeddings first
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    got = losses.TripletMarginLoss(margin=0.5)(X, Y).item()
+    assert got == pytest.approx(o.batch_all(y, xn, 0.5), rel=1e-12)
+    # smooth_loss = softplus(d_ap - d_an + margin): the margin is kept, every term "non-zero"
+    got = losses.TripletMarginLoss(margin=0.5, distance=raw, smooth_loss=True)(X, Y).item()
+    assert got == pytest.approx(o.batch_all(y, x, 0.5, soft=True), rel=1e-12)
+    # BatchHardMiner + TripletMarginLoss: averaged over anchors with l > 0 only.
+    # labels [0,0,1,1] at 0, 1, 3, 4, margin 1.5; every anchor has hp = 1:
+    # a=0: hn 3 -> max(1 - 3 + 1.5, 0) = 0; a=1: hn 2 -> 0.5; a=2: hn 2 -> 0.5; a=3: hn 3 -> 0
+    y3, x3 = [0, 0, 1, 1], [[0.0], [1.0], [3.0], [4.0]]
+    Y3, X3 = torch.tensor(y3), torch.tensor(x3, dtype=torch.float64)
+    tml = losses.TripletMarginLoss(margin=1.5, distance=raw)
+    got = tml(X3, Y3, miners.BatchHardMiner(distance=raw)(X3, Y3)).item()
+    assert got == pytest.approx(0.5, rel=1e-12)  # mean over the 2 anchors with l > 0
+    assert o.batch_hard(y3, x3, 1.5) == 0.25  # ours: mean over the 4 valid anchors
+    # ContrastiveLoss: un-squared hinges, pos and neg parts each averaged over their non-zero terms
+    d = o.pairwise_distances(x)
+    pos = [d[i, j] for i in range(len(y)) for j in range(len(y)) if i != j and y[i] == y[j]]
+    neg = [max(1.0 - d[i, j], 0.0) for i in range(len(y)) for j in range(len(y)) if y[i] != y[j]]
+    nz = lambda v: [t for t in v if t > 0]  # noqa: E731
+    expected = (np.mean(nz(pos)) if nz(pos) else 0.0) + (np.mean(nz(neg)) if nz(neg) else 0.0)
+    got = losses.ContrastiveLoss(pos_margin=0, neg_margin=1, distance=raw)(X, Y).item()
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got != pytest.approx(o.batch_contrastive(y, x, 1.0), rel=1e-3)
