@@ -15,12 +15,14 @@ from .backends import resolve_labels
 __all__ = ["anchor_positive_mask", "anchor_negative_mask", "triplet_mask", "label_masks"]
 
 
-def label_masks(xp, labels):
+def label_masks(xp, labels, device=None):
     """``(positive, negative)`` masks of shape (B, B), bool, for resolved ``labels``."""
-    import array_api_compat
+    if device is None:
+        import array_api_compat
 
+        device = array_api_compat.device(labels)
     same = labels[:, None] == labels[None, :]
-    eye = xp.eye(labels.shape[0], dtype=xp.bool, device=array_api_compat.device(labels))
+    eye = xp.eye(labels.shape[0], dtype=xp.bool, device=device)
     return same & ~eye, ~same
 
 

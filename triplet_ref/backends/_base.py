@@ -40,6 +40,12 @@ class Backend:
     def default_device(self):
         return None
 
+    def device_of(self, x: Any):
+        """The device ``x`` lives on (array-api-compat's ``device``)."""
+        import array_api_compat
+
+        return array_api_compat.device(x)
+
     def from_numpy(self, a: Any, dtype: str | None = None, device: Any = None):
         """A NumPy array (or list) as an array of this backend, optionally cast to ``dtype``
         (a dtype *name* such as ``"float32"``) and placed on ``device``."""
@@ -63,20 +69,20 @@ class Backend:
         derivative is finite, the outer one selects 0 there.  No bias for x > 0.
         """
         pos = x > 0
-        one = xp.ones((), dtype=x.dtype, device=_device(xp, x))
-        zero = xp.zeros((), dtype=x.dtype, device=_device(xp, x))
+        one = xp.ones((), dtype=x.dtype, device=self.device_of(x))
+        zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.where(pos, xp.sqrt(xp.where(pos, x, one)), zero)
 
     def clamp_min0(self, xp, x):
         """max(x, 0) (a fresh array; the gradient is 0 where x < 0)."""
-        zero = xp.zeros((), dtype=x.dtype, device=_device(xp, x))
+        zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.where(x > zero, x, zero)
 
     def zero_diagonal(self, xp, x):
         """x with its diagonal set to exactly 0 (square 2-D)."""
         n = x.shape[0]
-        eye = xp.eye(n, dtype=xp.bool, device=_device(xp, x))
-        return xp.where(eye, xp.zeros((), dtype=x.dtype, device=_device(xp, x)), x)
+        eye = xp.eye(n, dtype=xp.bool, device=self.device_of(x))
+        return xp.where(eye, xp.zeros((), dtype=x.dtype, device=self.device_of(x)), x)
 
     def sort_rows(self, xp, x):
         """Values of each row sorted ascending (differentiable where the backend is)."""
@@ -86,9 +92,12 @@ class Backend:
         """Stable ascending argsort along the last axis (ties keep index order)."""
         return xp.argsort(x, axis=-1, stable=True)
 
-    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left"):
+    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left", where=None):
         """Row-wise searchsorted: ``out[i, j]`` = insertion index of ``values[i, j]`` in
-        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n)."""
+        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n).
+
+        ``where`` (bool, the shape of ``values``) marks the entries the caller uses; a
+        backend may skip the others (their result is then unspecified)."""
         import array_api_extra as xpx
 
         return xpx.searchsorted(sorted_rows, values, side=side, xp=xp)
@@ -102,7 +111,7 @@ class Backend:
 
     def softplus(self, xp, x):
         """log(1 + exp(x)) without overflow."""
-        zero = xp.zeros((), dtype=x.dtype, device=_device(xp, x))
+        zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.logaddexp(x, zero)
 
     # -- adapters for the conformance suite ----------------------------------------
@@ -123,12 +132,6 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<triplet_ref backend {self.name}>"
-
-
-def _device(xp, x):
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 @dataclass
@@ -153,13 +156,17 @@ def float_dtype_of(xp, x):
 
 
 def _check_margin(margin: Any) -> None:
-    if isinstance(margin, bool) or not isinstance(margin, (numbers.Real, np.ndarray, np.generic)):
-        # allow 0-d arrays of any framework; tracers are checked only when concrete
-        if not hasattr(margin, "shape") or getattr(margin, "shape", None) not in ((), None):
+    if isinstance(margin, bool) or isinstance(margin, (str, bytes)):
+        raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
+    if not isinstance(margin, numbers.Real):
+        shape = getattr(margin, "shape", None)
+        if shape is None:
             raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
+        if tuple(shape) != ():
+            raise ValueError(f"margin: expected a scalar, got an array of shape {tuple(shape)}")
     try:
         value = float(margin)
-    except Exception:  # a traced value under jit: cannot check here
+    except Exception:  # a 0-d value traced under jit: it cannot be checked here
         return
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"margin: must be finite and >= 0, got {value!r}")
@@ -244,9 +251,7 @@ def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int =
         arr = _as_backend_array(x, be, name, device=device)
         _check_embeddings(xp, arr, name, ndim=ndim)
         if device is None:
-            import array_api_compat
-
-            device = array_api_compat.device(arr)
+            device = be.device_of(arr)
         out.append(arr)
     out_dtype = out[0].dtype
     for arr, (_, name) in zip(out[1:], arrays[1:]):
@@ -282,9 +287,9 @@ def convert_labels(ctx: Context, labels: Any, batch: int, name: str = "labels"):
         raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
     if lab.shape[0] != batch:
         raise ValueError(f"{name}: length {lab.shape[0]} does not match the batch size {batch} of the embeddings")
-    import array_api_compat
+    if ctx.backend.device_of(lab) != ctx.device:
+        import array_api_compat
 
-    if array_api_compat.device(lab) != ctx.device:
         lab = array_api_compat.to_device(lab, ctx.device)
     return lab
 
@@ -315,9 +320,9 @@ def _gram_to_sqdist(self, xp, G, sq):
     A general matmul does not promise ``(X Xᵀ)ᵢⱼ == (X Xᵀ)ⱼᵢ`` bit for bit (torch's does
     not), so G is symmetrised first; backends whose matmul is symmetric override this.
     """
-    half = xp.asarray(0.5, dtype=G.dtype, device=_device(xp, G))
+    half = xp.asarray(0.5, dtype=G.dtype, device=self.device_of(G))
     G = (G + G.T) * half
-    two = xp.asarray(2.0, dtype=G.dtype, device=_device(xp, G))
+    two = xp.asarray(2.0, dtype=G.dtype, device=self.device_of(G))
     return (sq[:, None] + sq[None, :]) - two * G
 
 

@@ -37,6 +37,9 @@ class TorchBackend(Backend):
     def is_native(self, x):
         return isinstance(x, torch.Tensor)
 
+    def device_of(self, x):
+        return x.device
+
     def carries_grad(self, x):
         return isinstance(x, torch.Tensor) and x.requires_grad
 

@@ -22,7 +22,7 @@ def prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: s
     check_margin(margin)
     ctx, x, y = resolve(embeddings, labels, backend)
     d = distance_matrix(ctx, x, metric)
-    pos, neg = label_masks(ctx.xp, y)
+    pos, neg = label_masks(ctx.xp, y, ctx.device)
     return ctx, x, d, pos, neg, margin
 
 

@@ -23,7 +23,7 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
         l(a, p, n) = h(d(a, p) - d(a, n) + margin)
 
     with ``h(x) = max(x, 0)`` (or ``softplus(x)`` when ``soft=True``). A triplet is
-    *positive* when ``l > 0``.
+    *positive* when ``l > 0`` (with ``soft=True`` every valid triplet: softplus > 0).
 
     How: for each anchor row the negative distances are sorted once; for a positive pair
     with threshold ``v = d(a, p) + margin`` a row-wise search gives the number ``c`` of
@@ -116,7 +116,8 @@ def _soft_rows(ctx, d, pos, neg, m):
         mask = pos[start:stop, :, None] & neg[start:stop, None, :]
         lt = xp.where(mask, be.softplus(xp, t), zero)
         rows.append(xp.sum(lt, axis=2))
-        counts.append(xp.sum(xp.astype(mask & (lt > zero), idt), axis=2))
+        # softplus > 0 on all of R: every valid triplet is positive (docs/semantics.md)
+        counts.append(xp.sum(xp.astype(mask, idt), axis=2))
     if len(rows) == 1:
         return rows[0], counts[0]
     return xp.concat(rows, axis=0), xp.concat(counts, axis=0)

@@ -34,7 +34,8 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
         for the ``(B,)`` vector (0 at invalid anchors).
       return_info: also return a dict with ``hardest_positive`` / ``hardest_negative``
         ``(B,)`` indices (-1 at invalid anchors), ``valid`` ``(B,)`` bool, ``num_valid``,
-        ``fraction_positive`` (valid anchors with ``l > 0`` / valid anchors),
+        ``fraction_positive`` (valid anchors with ``l > 0`` / valid anchors; every
+        valid anchor with ``soft=True``),
         ``mean_hardest_positive_dist`` and ``mean_hardest_negative_dist`` (over valid
         anchors), all arrays of the embeddings' backend.
       backend: ``None`` (the embeddings' own) or a backend name/module.
@@ -71,8 +72,10 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
             "hardest_negative": xp.where(valid, hn_idx, minus1),
             "valid": valid,
             "num_valid": xp.sum(xp.astype(valid, hp_idx.dtype)),
+            # with soft=True every valid anchor counts (softplus > 0 on all of R)
             "fraction_positive": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, valid & (per_anchor > zero))), num_valid)),
+                ctx, num_valid if soft else xp.sum(as_float(ctx, valid & (per_anchor > zero))),
+                num_valid)),
             "mean_hardest_positive_dist": ctx.finish(safe_divide(
                 ctx, xp.sum(xp.where(valid, hp, zero)), num_valid)),
             "mean_hardest_negative_dist": ctx.finish(safe_divide(

@@ -32,9 +32,8 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
       margin: finite, ``>= 0``.
       reduction: ``"mean"`` = ½ · mean over the B(B−1) terms (0 when B < 2);
         ``"sum"`` = ½ · Σ; ``"none"`` = the ``(B, B)`` matrix ½·l (0 on the diagonal).
-      return_info: also return ``num_pairs`` (B(B−1)), ``num_positive_pairs``,
-        ``num_negative_pairs`` and ``fraction_active_negative`` (negative pairs with
-        e < margin, over negative pairs; 0 when there is none).
+      return_info: also return ``num_valid`` (the number of terms, B(B−1)) and
+        ``fraction_positive`` (terms with ``l > 0`` over terms; 0 when there is none).
       backend: ``None`` (the embeddings' own) or a backend name/module.
     """
     ctx, x, d2, pos, neg, m = prepare(labels, embeddings, margin, "sqeuclidean", reduction, backend)
@@ -48,13 +47,10 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     info = None
     if return_info:
         idt = be.index_dtype(xp)
-        active = neg & (e < scalar(ctx, m))
         info = {
-            "num_pairs": xp.asarray(B * (B - 1), dtype=idt, device=ctx.device),
-            "num_positive_pairs": xp.sum(xp.astype(pos, idt)),
-            "num_negative_pairs": xp.sum(xp.astype(neg, idt)),
-            "fraction_active_negative": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, active)), xp.sum(as_float(ctx, neg)))),
+            "num_valid": xp.asarray(B * (B - 1), dtype=idt, device=ctx.device),
+            "fraction_positive": ctx.finish(safe_divide(
+                ctx, xp.sum(as_float(ctx, per_pair > zero)), scalar(ctx, B * (B - 1)))),
         }
     return finish(ctx, loss, x, info, return_info)
 
