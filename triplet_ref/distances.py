@@ -65,8 +65,14 @@ def distance_matrix(ctx: Context, x, metric: str):
         d = xp.minimum(d, two)
         return be.finish_sqdist(xp, d, sqrt=False)
     xc = x - xp.mean(x, axis=0, keepdims=True)
-    sq = xp.sum(xc * xc, axis=1)
-    d2 = be.gram_to_sqdist(xp, xc @ xc.T, sq)
+    G = xc @ xc.T
+    # |x_i|² from the Gram diagonal, not from a separate sum: the same kernel computes
+    # G_ii, G_jj and G_ij, so two equal rows give d² = 0 exactly instead of a rounding
+    # residue ~eps·|x|² whose square root (~sqrt(eps)·|x|, 1e-2 in float32) would be a
+    # spurious distance.  A copy, because a backend may update G in place.
+    n = G.shape[0]
+    sq = xp.asarray(xp.reshape(G, (n * n,))[:: n + 1], copy=True)
+    d2 = be.gram_to_sqdist(xp, G, sq)
     return be.finish_sqdist(xp, d2, sqrt=(metric == "euclidean"))
 
 

@@ -1,0 +1,148 @@
+"""Measure the float32 error of ``pairwise_distances`` against the float64 oracle.
+
+Run:  ``python tests/measure_tolerance.py``  (add ``--quick`` for a smaller sweep)
+
+For every installed CPU backend and metric, random normal embeddings ``X = offset + scale·Z``
+(``Z ~ N(0, 1)``, B rows, D columns, a fixed seed) are rounded to float32, passed to
+``triplet_ref.pairwise_distances`` and compared with ``triplet_ref.oracles.pairwise_distances``
+of *the same float32 values* (read exactly into float64), so only the computation's rounding
+is measured, not the input's.  Near-duplicate rows (``x_j = x_i + delta·u``) are measured
+separately because the Gram identity ``|x_i|² + |x_j|² − 2<x_i, x_j>`` loses all relative
+accuracy there and the square root amplifies it.
+
+Printed per case: the largest absolute error divided by the data's spread ``s`` (the
+largest row norm after centring; ``s²`` for ``sqeuclidean``; 1 for ``cosine``), and the
+largest relative error over pairs with ``d >= 0.1·s``.  The test tolerances in
+``tests/conftest.py`` (``tolerance()``) and the "Tolerances" section of docs/semantics.md
+come from this output.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import triplet_ref as tr  # noqa: E402
+from triplet_ref import backends, oracles  # noqa: E402
+
+
+def _backends() -> list:
+    names = [n for n in backends.available_backends() if n != "cupy"]
+    if "jax" in names:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    return [backends.get_backend(n) for n in names]
+
+
+def _spread(x64: np.ndarray, metric: str) -> float:
+    if metric == "cosine":
+        return 1.0
+    xc = x64 - x64.mean(axis=0, keepdims=True)
+    s = float(np.sqrt((xc * xc).sum(axis=1)).max())
+    return s * s if metric == "sqeuclidean" else s
+
+
+def errors(be, x32: np.ndarray, metric: str, dtype: str = "float32") -> tuple[float, float, float]:
+    """(max |err| / spread, max relative err where d >= 0.1·spread, spread) of one input."""
+    x = be.from_numpy(x32, dtype=dtype)
+    got = be.to_numpy(tr.pairwise_distances(x, metric=metric)).astype(np.float64)
+    x64 = be.to_numpy(x).astype(np.float64)  # the values actually passed, exactly
+    ref = oracles.pairwise_distances(x64, metric=metric)
+    s = _spread(x64, metric) or 1.0
+    err = np.abs(got - ref)
+    far = ref >= 0.1 * s
+    rel = float((err[far] / ref[far]).max()) if far.any() else 0.0
+    return float(err.max()) / s, rel, s
+
+
+def random_cases(quick: bool):
+    Bs = (32,) if quick else (64,)
+    Ds = (1, 16, 128) if quick else (1, 16, 128, 1024)
+    scales = (1e-3, 1.0, 1e3)
+    offsets = (0.0, 1e3)  # in units of the scale
+    for B in Bs:
+        for D in Ds:
+            for scale in scales:
+                for off in offsets:
+                    yield B, D, scale, off
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller sweep")
+    args = ap.parse_args(argv)
+    bes = _backends()
+    rng = np.random.default_rng(0)
+
+    print("## float32 pairwise_distances vs the float64 oracle (random normal data)")
+    print("err/s = max |d - d_oracle| / s (s = largest centred row norm; s² for sqeuclidean; 1 for cosine)")
+    print("rel   = max |d - d_oracle| / d_oracle over pairs with d_oracle >= 0.1·s\n")
+    header = "| metric | B | D | scale | offset/scale | " + " | ".join(
+        f"{be.name} err/s | {be.name} rel" for be in bes) + " |"
+    print(header)
+    print("|" + "---|" * (5 + 2 * len(bes)))
+    worst: dict = {}
+    for metric in tr.METRICS:
+        for B, D, scale, off in random_cases(args.quick):
+            x32 = (off * scale + scale * rng.standard_normal((B, D))).astype(np.float32)
+            cells = []
+            for be in bes:
+                e, r, _ = errors(be, x32, metric)
+                key = (metric, "random")
+                w = worst.setdefault(key, [0.0, 0.0])
+                w[0], w[1] = max(w[0], e), max(w[1], r)
+                cells.append(f"{e:.1e} | {r:.1e}")
+            print(f"| {metric} | {B} | {D} | {scale:g} | {off:g} | " + " | ".join(cells) + " |")
+
+    print("\n## near-duplicate rows (scale 1, offset 0): x_(2k+1) = x_(2k) + delta·u, |u| = 1")
+    print("| metric | D | delta | " + " | ".join(f"{be.name} err/s" for be in bes) + " |")
+    print("|" + "---|" * (3 + len(bes)))
+    for metric in tr.METRICS:
+        for D in ((16, 128) if args.quick else (16, 128, 1024)):
+            for delta in (0.0, 1e-6, 1e-3):
+                z = rng.standard_normal((16, D))
+                u = rng.standard_normal((16, D))
+                u /= np.linalg.norm(u, axis=1, keepdims=True)
+                x = np.repeat(z, 2, axis=0)
+                x[1::2] += delta * u
+                x32 = x.astype(np.float32)
+                cells = []
+                for be in bes:
+                    e, _, _ = errors(be, x32, metric)
+                    w = worst.setdefault((metric, "near-duplicate"), [0.0, 0.0])
+                    w[0] = max(w[0], e)
+                    cells.append(f"{e:.1e}")
+                print(f"| {metric} | {D} | {delta:g} | " + " | ".join(cells) + " |")
+
+    print("\n## low precision inputs (scale 1, B=32, D=16): result vs oracle of the same values")
+    print("| metric | dtype | " + " | ".join(f"{be.name} err/s | {be.name} rel" for be in bes) + " |")
+    print("|" + "---|" * (2 + 2 * len(bes)))
+    for metric in tr.METRICS:
+        for dtype in ("float16", "bfloat16"):
+            x32 = rng.standard_normal((32, 16)).astype(np.float32)
+            cells = []
+            for be in bes:
+                if be.name == "array_api_strict" or (dtype == "bfloat16" and be.name == "numpy"):
+                    cells.append("- | -")
+                    continue
+                e, r, _ = errors(be, x32, metric, dtype=dtype)
+                w = worst.setdefault((metric, dtype), [0.0, 0.0])
+                w[0], w[1] = max(w[0], e), max(w[1], r)
+                cells.append(f"{e:.1e} | {r:.1e}")
+            print(f"| {metric} | {dtype} | " + " | ".join(cells) + " |")
+
+    print("\n## worst over all backends")
+    print("| metric | data | max err/s | max rel (d >= 0.1·s) |")
+    print("|---|---|---|---|")
+    for (metric, kind), (e, r) in worst.items():
+        print(f"| {metric} | {kind} | {e:.1e} | {r:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
