@@ -290,19 +290,27 @@ def measure(cfg: dict) -> dict:
     out = step()  # warm-up (compilation for jax.jit)
     first = time.perf_counter() - t0
     peak_first = (hwm_bytes() if can_reset else maxrss_bytes()) - baseline
-    reset_hwm()
-    if backend.gpu:
-        backend.gpu_reset_peak()
+    gpu_peak_first = backend.gpu_peak() - gpu_base if backend.gpu else None
 
-    min_rep = cfg["min_repeats"] if first < cfg["long_call_s"] else 1
-    times = []
-    while len(times) < cfg["max_repeats"]:
-        t0 = time.perf_counter()
-        out = step()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= min_rep and sum(times) >= cfg["min_time_s"]:
-            break
-    peak_timed = (hwm_bytes() if can_reset else maxrss_bytes()) - baseline
+    if cfg.get("single_call"):
+        # predicted too long to repeat: the one call is the measurement (no separate warm-up)
+        times, peak_timed, gpu_peak = [first], peak_first, gpu_peak_first
+    else:
+        reset_hwm()
+        if backend.gpu:
+            backend.gpu_reset_peak()
+        # several calls; fewer when each is long
+        min_rep = 1 if first >= cfg["long_call_s"] else (2 if first >= 1.0 else cfg["min_repeats"])
+        min_rep = min(min_rep, cfg["min_repeats"])
+        times = []
+        while len(times) < cfg["max_repeats"]:
+            t0 = time.perf_counter()
+            out = step()
+            times.append(time.perf_counter() - t0)
+            if len(times) >= min_rep and sum(times) >= cfg["min_time_s"]:
+                break
+        peak_timed = (hwm_bytes() if can_reset else maxrss_bytes()) - baseline
+        gpu_peak = backend.gpu_peak() - gpu_base if backend.gpu else None
     value = backend.to_float(out)
     times_sorted = sorted(times)
     n = len(times_sorted)
@@ -317,11 +325,13 @@ def measure(cfg: dict) -> dict:
         "value": value,
         "baseline_bytes": baseline,
         "peak_first_bytes": peak_first,
-        "rss_peak_bytes": peak_timed if can_reset else peak_first,
-        "rss_peak_method": "VmHWM after clear_refs" if can_reset else "ru_maxrss (incl. warm-up)",
+        "warmup": not cfg.get("single_call"),
+        "rss_peak_bytes": peak_timed,
+        "rss_peak_method": "VmHWM reset by clear_refs" if can_reset else "ru_maxrss (incl. warm-up)",
     }
     if backend.gpu:
-        res["peak_bytes"] = backend.gpu_peak() - gpu_base
+        res["peak_bytes"] = gpu_peak
+        res["peak_first_gpu_bytes"] = gpu_peak_first
         res["memory_kind"] = f"{backend.lib} allocator peak (device)"
     else:
         res["peak_bytes"] = res["rss_peak_bytes"]

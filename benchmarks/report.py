@@ -295,8 +295,10 @@ def machine_summary(doc):
         + (f"; torch {m['torch_blas']}" if m.get("torch_blas") else ""),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- inputs: P×K batches, K = {s['k']} per class, D = {s['dim']}, float32, seed {s['seed']}; margin 1.0",
-        f"- timing: median of up to {s['repeats']} calls after one warm-up call (at least {s['min_repeats']}, "
-        f"or 1 when the warm-up call takes over {s['long_call_s']:g} s); each configuration in a fresh process",
+        f"- timing: median of up to {s['repeats']} calls after one warm-up call (at least {s['min_repeats']}; "
+        f"2 when it takes over 1 s, 1 when over {s['long_call_s']:g} s; a configuration predicted over "
+        f"{s['single_call_s']:g} s per call is timed by a single call with no separate warm-up); "
+        "each configuration in a fresh process",
         f"- budgets: skip when predicted over {s['mem_budget_gib']:g} GiB or {s['time_budget_s']:g} s per call",
         f"- memory: {doc['memory_note']}",
     ]

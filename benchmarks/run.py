@@ -78,7 +78,13 @@ def quick_plan(backends, gpu):
         for mode in impls.MODES:
             add("triplet_ref", torch_be, loss, mode, b)
             add("st", torch_be, loss, mode, b)
-    return plan
+    seen, out = set(), []
+    for c in plan:
+        key = (c["impl"], c["backend"], c["loss"], c["mode"], c["b"])
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
 
 
 def grid_plan(sizes, backends, impl_keys, losses, modes):
@@ -177,7 +183,8 @@ def run_plan(plan, args, env, gpu, log):
             else:
                 wcfg = dict(cfg, k=args.k, d=args.dim, seed=args.seed, threads=args.threads,
                             min_repeats=args.min_repeats, max_repeats=args.repeats,
-                            min_time_s=args.min_time_s, long_call_s=args.long_call_s)
+                            min_time_s=args.min_time_s, long_call_s=args.long_call_s,
+                            single_call=secs is not None and secs > args.single_call_s)
                 row.update(call_worker(wcfg, env, args.timeout_s))
             series_last[series_key(cfg)] = row
             results.append(row)
@@ -250,12 +257,15 @@ def parse_args(argv=None):
     p.add_argument("--mem-budget-gib", type=float, default=8.0)
     p.add_argument("--time-budget-s", type=float, default=None,
                    help="skip a configuration predicted to take longer per call (default 60 full, 20 otherwise)")
-    p.add_argument("--repeats", type=int, default=None, help="most timed calls (default 15 full, 5 otherwise)")
+    p.add_argument("--repeats", type=int, default=None, help="most timed calls (default 10 full, 5 otherwise)")
     p.add_argument("--min-repeats", type=int, default=3)
     p.add_argument("--min-time-s", type=float, default=None,
-                   help="time the calls until this much has elapsed (default 2 full, 0.3 otherwise)")
+                   help="time the calls until this much has elapsed (default 1 full, 0.3 otherwise)")
     p.add_argument("--long-call-s", type=float, default=None,
                    help="a configuration whose warm-up call takes longer is timed once (default 10 full, 1 otherwise)")
+    p.add_argument("--single-call-s", type=float, default=30.0,
+                   help="a configuration predicted to take longer per call is timed by one call, "
+                        "without a separate warm-up (default 30)")
     p.add_argument("--timeout-s", type=float, default=None, help="per-configuration limit")
     p.add_argument("--k", type=int, default=4, help="examples per class (P x K batches)")
     p.add_argument("--dim", type=int, default=128)
@@ -288,8 +298,8 @@ def main(argv=None) -> int:
         return _worker.main(args.worker)
     exhaustive = args.full or args.sizes
     args.time_budget_s = args.time_budget_s or (60.0 if args.full else 20.0)
-    args.repeats = args.repeats or (15 if args.full else 5)
-    args.min_time_s = args.min_time_s if args.min_time_s is not None else (2.0 if args.full else 0.3)
+    args.repeats = args.repeats or (10 if args.full else 5)
+    args.min_time_s = args.min_time_s if args.min_time_s is not None else (1.0 if args.full else 0.3)
     args.long_call_s = args.long_call_s or (10.0 if args.full else 1.0)
     args.timeout_s = args.timeout_s or (10 * args.time_budget_s + 120)
     if args.threads is None:
