@@ -315,7 +315,8 @@ def main(argv=None) -> int:
     console = report.console()
     log = (lambda s: None) if args.quiet else (lambda s: console.print(s, markup=False))
     t0 = time.perf_counter()
-    info = call_worker({"info": True, "threads": args.threads}, worker_env(False, args.threads), 300)
+    # the GPU environment: CUDA stays visible so the probe can find a device
+    info = call_worker({"info": True, "threads": args.threads}, worker_env(True, args.threads), 300)
     gpu = {"auto": bool(info.get("cuda")), "cpu": False, "gpu": True}[args.device]
     if gpu and not info.get("cuda"):
         sys.exit("--device gpu: no usable CUDA GPU (torch.cuda.is_available() is False)")
