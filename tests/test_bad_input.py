@@ -241,16 +241,20 @@ def test_nan_embeddings_give_nan(xp, loss, reduction):
 
 
 def test_nan_row_that_enters_no_term_still_gives_nan(xp):
-    # labels [0, 0, 1]: batch_hard's only valid anchors are rows 0 and 1, whose only negative
-    # is row 2; put the NaN in row 2 of a single-class-except-one batch where row 2 is excluded
-    # as an anchor (no positive).  The loss must still be NaN, never a silent number.
-    y = np.array([0, 0, 1, 1, 5])
+    # a single-class batch has no negatives: batch_all, batch_hard and batch_semihard have
+    # no term at all (the loss would be 0), so the NaN row enters none; the loss must still
+    # be NaN, never a silent number
+    y = np.zeros(5, dtype=np.int64)
     x = np.random.default_rng(2).standard_normal((5, 3))
     x[4] = np.nan
     for _, fn, oracle, _ in BATCH:
         out = fn(xp.asarray(y), xp.asarray(x))
         assert math.isnan(float(xp.to_numpy(out))), fn.__name__
         assert math.isnan(oracle(y, x))
+    # and without the NaN these are exactly 0 (the test above is not vacuous)
+    x[4] = 0.5
+    for _, fn, _, _ in BATCH[:3]:
+        assert float(xp.to_numpy(fn(xp.asarray(y), xp.asarray(x)))) == 0.0
 
 
 @pytest.mark.parametrize("where", ["anchor", "positive", "negative"])
