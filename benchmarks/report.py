@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import impls
 
@@ -292,11 +293,12 @@ def machine_summary(doc):
         f"NumPy BLAS: {m.get('numpy_blas', '?')}"
         + "".join(f"; {p['internal_api']} {p['version']} ({p['num_threads']} threads, {p.get('architecture')})"
                   for p in m.get("threadpools", []) if p.get("user_api") == "blas")
-        + (f"; torch {m['torch_blas']}" if m.get("torch_blas") else ""),
+        + "".join(f"; torch {k}={v}" for k, v in re.findall(r"(BLAS_INFO|LAPACK_INFO)=(\w+)", m.get("torch_blas", ""))),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- inputs: P×K batches, K = {s['k']} per class, D = {s['dim']}, float32, seed {s['seed']}; margin 1.0",
         f"- timing: median of up to {s['repeats']} calls after one warm-up call (at least {s['min_repeats']}; "
-        f"2 when it takes over 1 s, 1 when over {s['long_call_s']:g} s; a configuration predicted over "
+        + ("2 when it takes over 1 s, " if s["long_call_s"] > 1 else "")
+        + f"1 when over {s['long_call_s']:g} s; a configuration predicted over "
         f"{s['single_call_s']:g} s per call is timed by a single call with no separate warm-up); "
         "each configuration in a fresh process",
         f"- budgets: skip when predicted over {s['mem_budget_gib']:g} GiB or {s['time_budget_s']:g} s per call",
@@ -319,7 +321,8 @@ def markdown(doc):
         f"# triplet_ref benchmark — `{tag}`",
         "",
         f"Made by `{doc['command']}` on {doc['created']} in {doc['elapsed_s']:.0f} s "
-        f"({doc['settings']['sweep']} sweep, {len(doc['results'])} configurations).",
+        f"({doc['settings']['sweep']} sweep, {len(doc['results'])} configurations"
+        + (f", triplet_ref at commit {doc['triplet_ref_commit']}" if doc.get("triplet_ref_commit") else "") + ").",
         "",
         machine_summary(doc),
         "",
@@ -376,8 +379,8 @@ def plots(doc, base):
     series = _rows_by_series(doc)
     panels = [loss for loss in LOSS_ORDER if any(k[0] == loss for k, _ in series)]
     keys = sorted({(k[1], k[2]) for k, _ in series}, key=lambda t: (list(impls.IMPLS).index(t[0]), t[1]))
-    cmap = plt.get_cmap("tab20")
-    colour = {k: cmap(i % 20) for i, k in enumerate(keys)}
+    cmap = plt.get_cmap("tab10")
+    colour = {k: cmap(i % 10) for i, k in enumerate(keys)}
     n = len(panels)
     cols = min(3, n)
     rows_n = math.ceil(n / cols)

@@ -245,6 +245,8 @@ def _numpy_value(loss, b, args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--report", metavar="JSON",
+                   help="only re-render the targets, markdown and plots of an existing results file")
     p.add_argument("--full", action="store_true", help="B = 128 ... 16384, every combination")
     p.add_argument("--sizes", help="comma-separated batch sizes (a full grid over them)")
     p.add_argument("--backends", help="comma-separated: numpy,torch,jax (GPU: torch-cuda,jax-gpu,cupy)")
@@ -296,6 +298,8 @@ def main(argv=None) -> int:
         import _worker
 
         return _worker.main(args.worker)
+    if args.report:
+        return rerender(args.report, args.no_plots)
     exhaustive = args.full or args.sizes
     args.time_budget_s = args.time_budget_s or (60.0 if args.full else 20.0)
     args.repeats = args.repeats or (10 if args.full else 5)
@@ -356,6 +360,7 @@ def main(argv=None) -> int:
         "elapsed_s": round(time.perf_counter() - t0, 1),
         "sweep_s": round(elapsed, 1),
         "machine": info,
+        "triplet_ref_commit": _git_commit(),
         "settings": settings,
         "memory_note": MEMORY_NOTE,
         "notes": {f"{impls.IMPLS[i].label}: {loss}": n for i in impls.IMPLS
@@ -376,6 +381,33 @@ def main(argv=None) -> int:
     console.print(f"wrote {base}.json, {base}.md" + ("" if args.no_plots else f", {base}-time.png, {base}-memory.png")
                   + f" in {doc['elapsed_s']:.0f} s", markup=False)
     return 0
+
+
+def rerender(path, no_plots=False) -> int:
+    with open(path) as f:
+        doc = json.load(f)
+    doc["targets"] = report.targets(doc)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    base = path[: -len(".json")] if path.endswith(".json") else path
+    with open(base + ".md", "w") as f:
+        f.write(report.markdown(doc))
+    if not no_plots:
+        report.plots(doc, base)
+    report.console().print(report.console_summary(doc), markup=False)
+    return 0
+
+
+def _git_commit():
+    """The repository's commit, with '+dirty' when triplet_ref/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "triplet_ref"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _slug(s):
