@@ -1,6 +1,7 @@
 """Measure the float32 error of ``pairwise_distances`` against the float64 oracle.
 
-Run:  ``python tests/measure_tolerance.py``  (add ``--quick`` for a smaller sweep)
+Run:  ``python tests/measure_tolerance.py``  (``--quick`` for a smaller sweep, ``--dtype float64``
+for the float64 computation)
 
 For every installed CPU backend and metric, random normal embeddings ``X = offset + scale·Z``
 (``Z ~ N(0, 1)``, B rows, D columns, a fixed seed) are rounded to float32, passed to
@@ -76,11 +77,14 @@ def random_cases(quick: bool):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smaller sweep")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="the dtype of the tested computation (default float32)")
     args = ap.parse_args(argv)
     bes = _backends()
     rng = np.random.default_rng(0)
 
-    print("## float32 pairwise_distances vs the float64 oracle (random normal data)")
+    dt = args.dtype
+    print(f"## {dt} pairwise_distances vs the float64 oracle (random normal data)")
     print("err/s = max |d - d_oracle| / s (s = diameter max |x_i - x_j|; s² for sqeuclidean; 1 for cosine)")
     print("rel   = max |d - d_oracle| / d_oracle over pairs with d_oracle >= 0.1·s\n")
     header = "| metric | B | D | scale | offset/scale | " + " | ".join(
@@ -90,10 +94,10 @@ def main(argv=None) -> int:
     worst: dict = {}
     for metric in tr.METRICS:
         for B, D, scale, off in random_cases(args.quick):
-            x32 = (off * scale + scale * rng.standard_normal((B, D))).astype(np.float32)
+            x32 = (off * scale + scale * rng.standard_normal((B, D))).astype(dt)
             cells = []
             for be in bes:
-                e, r, _ = errors(be, x32, metric)
+                e, r, _ = errors(be, x32, metric, dtype=dt)
                 key = (metric, "random")
                 w = worst.setdefault(key, [0.0, 0.0])
                 w[0], w[1] = max(w[0], e), max(w[1], r)
@@ -111,10 +115,10 @@ def main(argv=None) -> int:
                 u /= np.linalg.norm(u, axis=1, keepdims=True)
                 x = np.repeat(z, 2, axis=0)
                 x[1::2] += delta * u
-                x32 = x.astype(np.float32)
+                x32 = x.astype(dt)
                 cells = []
                 for be in bes:
-                    e, _, _ = errors(be, x32, metric)
+                    e, _, _ = errors(be, x32, metric, dtype=dt)
                     w = worst.setdefault((metric, "near-duplicate"), [0.0, 0.0])
                     w[0] = max(w[0], e)
                     cells.append(f"{e:.1e}")
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     print("\n## low precision inputs (scale 1, B=32, D=16): result vs oracle of the same values")
     print("| metric | dtype | " + " | ".join(f"{be.name} err/s | {be.name} rel" for be in bes) + " |")
     print("|" + "---|" * (2 + 2 * len(bes)))
-    for metric in tr.METRICS:
+    for metric in (tr.METRICS if dt == "float32" else ()):
         for dtype in ("float16", "bfloat16"):
             x32 = rng.standard_normal((32, 16)).astype(np.float32)
             cells = []
