@@ -96,6 +96,17 @@ def test_outputs_written(sweep):
     assert "Targets:" in stdout
 
 
+def test_report_rerenders_from_the_json(sweep):
+    out, doc, _ = sweep
+    md = out / "smoke.md"
+    md.write_text("stale")
+    proc = subprocess.run([sys.executable, RUN, "--report", str(out / "smoke.json"), "--no-plots"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = md.read_text()
+    assert text.startswith("# triplet_ref benchmark") and "| batch_all | pytorch-metric-learning [torch] | fwd |" in text
+
+
 def test_dense_peer_runs_and_memory_budget_skips_with_the_prediction(tmp_path):
     # the dense B^3 method: B=16 fits a 1 MiB budget and agrees with triplet_ref; B=64 is
     # predicted over it, so it is skipped and reported with its prediction, never run
