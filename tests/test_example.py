@@ -100,7 +100,7 @@ def test_first_step_matches_numpy_network(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_training_learns_and_beats_pixels(backend):
+def test_training_learns(backend):
     _needs(backend)
     from examples.digits.objective import Config
     from examples.digits.train import evaluate
@@ -116,13 +116,14 @@ def test_training_learns_and_beats_pixels(backend):
 
     trained = evaluate(result.embed, split)
     pixels = evaluate(lambda v: v, split)
-    # unseen digits 7-9: ranking quality (mAP) beats raw pixels ...
-    assert trained["map_unseen"] > pixels["map_unseen"] + 0.01
-    # ... while nearest-neighbour recall@1 stays level with the pixels' 99.1% (within 5 of 533 images)
-    assert trained["recall_at_1_unseen"] >= pixels["recall_at_1_unseen"] - 0.01
-    # held-out images of the trained digits: far better ranking than pixels
+    # held-out images of the trained digits: far better ranking than raw pixels (about 0.78)
     assert trained["map_seen"] > 0.95 > pixels["map_seen"]
     assert trained["recall_at_1_seen"] >= pixels["recall_at_1_seen"]
+    # unseen digits 7-9: the embedding still separates them (chance is about 1/3). It does not beat
+    # raw pixels there reliably (recall@1 0.991, mAP 0.777; see examples/README.md and the
+    # 5-seed table), so no such claim is tested.
+    assert trained["recall_at_1_unseen"] > 0.95
+    assert trained["map_unseen"] > 0.6
 
 
 def test_cli_writes_all_outputs(tmp_path):

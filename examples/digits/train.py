@@ -43,6 +43,57 @@ def run_one(backend: str, split: DigitsSplit, cfg: Config, progress: bool = True
     return row, result
 
 
+def backend_agreement(curves: dict, rtol: float = 1e-3) -> dict:
+    """For each loss trained on both backends: how many first steps have torch and jax losses equal
+    within ``rtol`` (same initial weights, same batches; after that, rounding differences grow)."""
+    agree = {}
+    for loss in LOSSES:
+        if ("torch", loss) in curves and ("jax", loss) in curves:
+            t, j = curves[("torch", loss)]["loss"], curves[("jax", loss)]["loss"]
+            off = np.abs(t - j) > rtol * np.maximum(np.abs(t), 1e-3)
+            agree[loss] = int(np.argmax(off)) if off.any() else int(t.size)
+    return agree
+
+
+SPREAD_METRICS = ("recall_at_1_unseen", "map_unseen", "recall_at_1_seen", "map_seen")
+
+
+def seed_spread(seeds, base: dict, first: dict, progress: bool) -> dict:
+    """Every backend x loss for each seed (the first seed's runs are reused from ``first``)."""
+    rows = []
+    for seed in seeds:
+        cfg_base = {**base, "seed": seed}
+        if seed == base["seed"]:
+            report = first
+        else:
+            split = load_split(seed=seed)
+            report = {"baseline_pixels": evaluate(lambda x: x, split),
+                      "baseline_untrained_network": evaluate(untrained_embed(Config(**cfg_base)), split),
+                      "runs": [run_one(b, split, Config(loss=l, **cfg_base), progress)[0]
+                               for b in BACKENDS for l in LOSSES]}
+        rows.append({"embedding": "raw pixels", "seed": seed, **report["baseline_pixels"]})
+        rows.append({"embedding": "untrained CNN", "seed": seed, **report["baseline_untrained_network"]})
+        rows += [{"embedding": f"{r['backend']} {r['loss']}", "seed": seed, **{m: r[m] for m in SPREAD_METRICS}}
+                 for r in report["runs"]]
+        print(f"seed {seed} done", flush=True)
+    summary = {}
+    for name in dict.fromkeys(r["embedding"] for r in rows):
+        vals = {m: np.array([r[m] for r in rows if r["embedding"] == name]) for m in SPREAD_METRICS}
+        summary[name] = {m: {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "min": float(v.min()),
+                             "max": float(v.max())} for m, v in vals.items()}
+    return {"seeds": list(seeds), "summary": summary, "rows": rows}
+
+
+def seeds_table(spread: dict) -> str:
+    n = len(spread["seeds"])
+    lines = [f"| embedding ({n} seeds: mean ± std) | recall@1 unseen 7–9 | mAP unseen 7–9 | recall@1 seen | mAP seen |",
+             "|---|---|---|---|---|"]
+    for name, s in spread["summary"].items():
+        cells = " | ".join(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in SPREAD_METRICS)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.4f}"
 
@@ -94,14 +145,17 @@ def plot_curves(curves: dict, path: Path, smooth: int = 10) -> None:
     }
     colors = {"batch_all": "tab:blue", "batch_hard": "tab:red", "batch_semihard": "tab:green"}
     styles = {"torch": "-", "jax": "--"}
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
+    fig, grid = plt.subplots(2, 3, figsize=(13, 7))
+    axes = grid.ravel()
     for ax, name in zip(axes, CURVES):
         for (backend, loss), c in curves.items():
             ax.plot(_smooth(c[name], smooth), styles[backend], color=colors[loss], lw=1.3, label=f"{backend} {loss}")
         ax.set_title(titles[name], fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=10, title="backend, loss")
     fig.suptitle(f"training curves (trailing mean over {smooth} steps; solid torch, dashed jax)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -158,7 +212,7 @@ def write_projector_tsv(emb: np.ndarray, labels: np.ndarray, out: Path) -> None:
 
 def write_curves_csv(curves: dict, path: Path) -> None:
     with open(path, "w") as f:
-        f.write("backend,loss,step," + ",".join(CURVES) + "\n")
+        f.write("backend,loss_function,step," + ",".join(CURVES) + "\n")
         for (backend, loss), c in curves.items():
             for step in range(len(c["loss"])):
                 f.write(f"{backend},{loss},{step}," + ",".join(f"{c[n][step]:.6g}" for n in CURVES) + "\n")
@@ -179,6 +233,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-normalize", action="store_true", help="use the raw network output (no L2 normalisation)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="with --all: also repeat the grid for seeds seed+1 .. seed+N-1 (new split, weights and "
+                         "batches) and write the spread to digits_seeds.json")
     ap.add_argument("--projection", choices=("tsne", "pca"), default="tsne", help="2-D map of the test embedding")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -212,6 +269,12 @@ def main(argv=None) -> int:
               f"{pixels['map_unseen']:.4f})  recall@1 seen {row['recall_at_1_seen']:.4f}  {row['seconds']:.1f}s",
               flush=True)
 
+    agree = backend_agreement(curves)
+    if agree:
+        report["torch_jax_same_loss_steps"] = agree
+        print("torch and jax losses agree within 0.1% for the first steps: "
+              + ", ".join(f"{k} {v}" for k, v in agree.items()))
+
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     name = "digits.json" if args.all else f"digits_{args.backend}_{args.loss}.json"
@@ -224,6 +287,12 @@ def main(argv=None) -> int:
         write_projector_tsv(export_emb, y_test, out)
         (out / "results_table.md").write_text(markdown_table(report) + "\n")
     print(markdown_table(report))
+    if args.all and args.seeds > 1:
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        spread = seed_spread(seeds, base, first=report, progress=not args.no_progress)
+        (out / "digits_seeds.json").write_text(json.dumps(spread, indent=2) + "\n")
+        (out / "seeds_table.md").write_text(seeds_table(spread) + "\n")
+        print(seeds_table(spread))
     print(f"wrote {out}")
     return 0
 
