@@ -25,9 +25,10 @@ def pairwise_distances(embeddings: Any, *, metric: str = "euclidean", backend: A
     Gradients are finite everywhere; at ``d == 0`` (diagonal, duplicate rows) the
     euclidean gradient is 0 (a safe square root that leaves non-zero distances unbiased).
 
-    The euclidean metrics use the Gram trick on *centred* rows (distances do not change
-    when a common offset is subtracted, and centring removes most of the cancellation
-    ``|x_i|^2 + |x_j|^2 - 2<x_i, x_j>`` suffers for embeddings far from the origin).
+    The euclidean metrics use the Gram trick on rows shifted by the first row (distances
+    do not change when a common offset is subtracted, and the shift removes most of the
+    cancellation ``|x_i|^2 + |x_j|^2 - 2<x_i, x_j>`` suffers for embeddings far from the
+    origin, while keeping dyadic inputs exact).
 
     Args:
       embeddings: ``(B, D)`` real floating array (NumPy, torch, JAX, CuPy,
@@ -64,7 +65,10 @@ def distance_matrix(ctx: Context, x, metric: str):
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         d = xp.minimum(d, two)
         return be.finish_sqdist(xp, d, sqrt=False)
-    xc = x - xp.mean(x, axis=0, keepdims=True)
+    # shift by the first row: distances are translation invariant, the shift removes a
+    # common offset (the Gram trick's cancellation grows with |x|²), and subtracting a
+    # row keeps dyadic inputs exact (a mean would not), so exact ties stay ties
+    xc = x - x[:1, :]
     G = xc @ xc.T
     # |x_i|² from the Gram diagonal, not from a separate sum: the same kernel computes
     # G_ii, G_jj and G_ij, so two equal rows give d² = 0 exactly instead of a rounding

@@ -68,12 +68,14 @@ def _name_of(backend: Any) -> str:
         return name
     if isinstance(backend, ModuleType):
         modname = backend.__name__
-        for name, (mod, _) in _FRAMEWORK.items():
-            if modname == mod or modname.startswith(mod + ".") or modname.endswith("." + name) \
-                    or modname == f"array_api_compat.{name}":
-                return name
-        if modname == "jax.numpy":
-            return "jax"
+        known = {
+            "numpy": "numpy", "jax": "jax", "jax.numpy": "jax", "torch": "torch", "cupy": "cupy",
+            "array_api_strict": "array_api_strict",
+            "array_api_compat.numpy": "numpy", "array_api_compat.torch": "torch",
+            "array_api_compat.cupy": "cupy",
+        }
+        if modname in known:
+            return known[modname]
         raise ValueError(f"backend: unsupported module {modname!r}; expected one of {', '.join(BACKEND_NAMES)}")
     raise TypeError(f"backend: expected a backend name, a module or None, got {type(backend).__name__}")
 

@@ -114,6 +114,15 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.logaddexp(x, zero)
 
+    def native_kernel(self, name: str, like: Any):
+        """A backend-native implementation of a mining step, or None for the portable one.
+
+        ``name`` is ``"batch_all"`` → ``f(d, pos, neg, margin) -> (per_pair, count)``
+        (differentiable in ``d``) or ``"semihard"`` → ``f(d, neg, term) -> (chosen,
+        semihard)``; ``like`` is the distance matrix (its device decides).
+        """
+        return None
+
     # -- adapters for the conformance suite ----------------------------------------
     def value_and_grad(self, fn: Callable, x: Any):
         """(value, gradient) of scalar ``fn`` at native array ``x``, both as NumPy."""

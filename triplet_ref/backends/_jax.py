@@ -21,6 +21,74 @@ def _safe_sqrt_jvp(primals, tangents):
     return out, jnp.where(out > 0, t / (2 * safe), jnp.zeros_like(out))
 
 
+# --- the NumPy kernels through pure_callback on CPU -----------------------------------
+from functools import partial  # noqa: E402
+
+from . import _kernels  # noqa: E402
+
+
+def _int_dtype():
+    return jnp.asarray(0).dtype
+
+
+def _batch_all_call(d, pos, neg, margin):
+    idt = _int_dtype()
+    shapes = (jax.ShapeDtypeStruct(d.shape, d.dtype), jax.ShapeDtypeStruct(d.shape, idt))
+
+    def host(d, pos, neg):
+        out, count = _kernels.batch_all_forward(np.asarray(d), np.asarray(pos), np.asarray(neg), margin)
+        return out, count.astype(idt)
+
+    return jax.pure_callback(host, shapes, d, pos, neg)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_all(d, pos, neg, margin):
+    return _batch_all_call(d, pos, neg, margin)
+
+
+def _batch_all_fwd(d, pos, neg, margin):
+    out, count = _batch_all_call(d, pos, neg, margin)
+    return (out, count), (d, pos, neg, count)
+
+
+def _batch_all_bwd(margin, res, cts):
+    d, pos, neg, count = res
+    grad = cts[0]
+
+    def host(d, pos, neg, grad, count):
+        return _kernels.batch_all_backward(np.asarray(d), np.asarray(pos), np.asarray(neg), margin,
+                                           np.asarray(grad), np.asarray(count))
+
+    gd = jax.pure_callback(host, jax.ShapeDtypeStruct(d.shape, d.dtype), d, pos, neg, grad, count)
+    return gd, None, None
+
+
+_batch_all.defvjp(_batch_all_fwd, _batch_all_bwd)
+
+
+def _native_batch_all(d, pos, neg, margin):
+    return _batch_all(d, pos, neg, float(margin))
+
+
+def _native_semihard(d, neg, term):
+    idt = _int_dtype()
+    shapes = (jax.ShapeDtypeStruct(d.shape, idt), jax.ShapeDtypeStruct(d.shape, jnp.bool_))
+
+    def host(d, neg, term):
+        chosen, semi = _kernels.semihard_choice(np.asarray(d), np.asarray(neg), np.asarray(term))
+        return chosen.astype(idt), semi
+
+    return jax.pure_callback(host, shapes, jax.lax.stop_gradient(d), neg, term)
+
+
+def _on_cpu(x) -> bool:
+    try:
+        return all(dev.platform == "cpu" for dev in x.devices())
+    except Exception:  # a tracer: it runs where jax runs by default
+        return jax.default_backend() == "cpu"
+
+
 class JaxBackend(Backend):
     name = "jax"
     supports_grad = True
@@ -77,6 +145,11 @@ class JaxBackend(Backend):
 
     def softplus(self, xp, x):
         return jax.nn.softplus(x)
+
+    def native_kernel(self, name, like):
+        if not _on_cpu(like):
+            return None  # GPU: the portable jnp.sort / searchsorted path
+        return {"batch_all": _native_batch_all, "semihard": _native_semihard}.get(name)
 
     def value_and_grad(self, fn, x):
         v, g = jax.value_and_grad(fn)(x)

@@ -6,25 +6,7 @@ import numpy as np
 from ._base import Backend
 
 
-def _bsearch(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
-    """Vectorised binary search of ``values[k]`` in ``sorted_rows[rows[k]]``."""
-    n = sorted_rows.shape[-1]
-    lo = np.zeros(values.shape, dtype=np.int64)
-    hi = np.full(values.shape, n, dtype=np.int64)
-    flat = sorted_rows.reshape(-1)
-    base = rows.astype(np.int64) * n
-    for _ in range(max(1, int(n).bit_length())):
-        active = lo < hi
-        if not active.any():
-            break
-        mid = (lo + hi) >> 1
-        midc = np.minimum(mid, n - 1)
-        v = flat[base + midc]
-        go_right = (v < values) if side == "left" else (v <= values)
-        go_right &= active
-        lo = np.where(go_right, mid + 1, lo)
-        hi = np.where(active & ~go_right, mid, hi)
-    return lo
+from ._kernels import bsearch as _bsearch
 
 
 class NumpyBackend(Backend):
@@ -47,10 +29,10 @@ class NumpyBackend(Backend):
 
     def gram_to_sqdist(self, xp, G, sq):
         # NumPy computes ``X @ X.T`` with syrk, which is exactly symmetric; G is a fresh
-        # intermediate, so the arithmetic is done in place.
+        # intermediate, so the arithmetic is done in place.  ``sq_i + sq_j`` is formed
+        # first (it commutes exactly), then added once: d²_ij and d²_ji round alike.
         G *= -2
-        G += sq[:, None]
-        G += sq[None, :]
+        G += sq[:, None] + sq[None, :]
         return G
 
     def finish_sqdist(self, xp, d2, sqrt):
@@ -83,6 +65,15 @@ class NumpyBackend(Backend):
 
     def take_rows(self, xp, x, idx):
         return np.take_along_axis(x, np.asarray(idx, dtype=np.intp), axis=-1)
+
+    def native_kernel(self, name, like):
+        from . import _kernels
+
+        if name == "batch_all":
+            return _kernels.batch_all_forward
+        if name == "semihard":
+            return _kernels.semihard_choice
+        return None
 
     def devices(self):
         return ["cpu"]

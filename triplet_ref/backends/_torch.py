@@ -24,6 +24,68 @@ class _SafeSqrt(torch.autograd.Function):
         return torch.where(out > 0, grad / (2 * out), torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
+# --- the NumPy kernels as custom ops for CPU tensors (opaque to torch.compile) ---------
+from torch import Tensor  # noqa: E402
+
+from . import _kernels  # noqa: E402
+
+
+@torch.library.custom_op("triplet_ref::batch_all_fwd", mutates_args=())
+def _batch_all_fwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    out, count = _kernels.batch_all_forward(d.numpy(), pos.numpy(), neg.numpy(), margin)
+    return torch.from_numpy(out), torch.from_numpy(count)
+
+
+@_batch_all_fwd.register_fake
+def _(d, pos, neg, margin):
+    return torch.empty_like(d), torch.empty_like(d, dtype=torch.int64)
+
+
+@torch.library.custom_op("triplet_ref::batch_all_bwd", mutates_args=())
+def _batch_all_bwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float, grad: Tensor,
+                   count: Tensor) -> Tensor:
+    return torch.from_numpy(_kernels.batch_all_backward(
+        d.numpy(), pos.numpy(), neg.numpy(), margin, grad.contiguous().numpy(), count.numpy()))
+
+
+@_batch_all_bwd.register_fake
+def _(d, pos, neg, margin, grad, count):
+    return torch.empty_like(d)
+
+
+def _batch_all_setup(ctx, inputs, output):
+    d, pos, neg, margin = inputs
+    ctx.save_for_backward(d, pos, neg, output[1])
+    ctx.margin = margin
+
+
+def _batch_all_backward(ctx, grad, _grad_count):
+    d, pos, neg, count = ctx.saved_tensors
+    return _batch_all_bwd(d, pos, neg, ctx.margin, grad, count), None, None, None
+
+
+_batch_all_fwd.register_autograd(_batch_all_backward, setup_context=_batch_all_setup)
+
+
+@torch.library.custom_op("triplet_ref::semihard_choice", mutates_args=())
+def _semihard_choice(d: Tensor, neg: Tensor, term: Tensor) -> tuple[Tensor, Tensor]:
+    chosen, semi = _kernels.semihard_choice(d.numpy(), neg.numpy(), term.numpy())
+    return torch.from_numpy(chosen), torch.from_numpy(semi)
+
+
+@_semihard_choice.register_fake
+def _(d, neg, term):
+    return torch.empty_like(d, dtype=torch.int64), torch.empty_like(d, dtype=torch.bool)
+
+
+def _native_batch_all(d, pos, neg, margin):
+    return _batch_all_fwd(d, pos, neg, float(margin))
+
+
+def _native_semihard(d, neg, term):
+    return _semihard_choice(d.detach(), neg, term)
+
+
 class TorchBackend(Backend):
     name = "torch"
     supports_grad = True
@@ -79,6 +141,11 @@ class TorchBackend(Backend):
 
     def softplus(self, xp, x):
         return torch.nn.functional.softplus(x)
+
+    def native_kernel(self, name, like):
+        if like.device.type != "cpu":
+            return None  # CUDA: the portable torch.sort / torch.searchsorted path
+        return {"batch_all": _native_batch_all, "semihard": _native_semihard}.get(name)
 
     def value_and_grad(self, fn, x):
         x = x.detach().clone().requires_grad_(True)

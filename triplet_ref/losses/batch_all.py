@@ -49,8 +49,11 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
     xp = ctx.xp
     idt = ctx.backend.index_dtype(xp)
+    native = None if soft else ctx.backend.native_kernel("batch_all", d)
     if soft:
         per_pair, num_positive = _soft_rows(ctx, d, pos, neg, m)
+    elif native is not None:
+        per_pair, num_positive = native(d, pos, neg, m)
     else:
         per_pair, num_positive = _hinge_rows(ctx, d, pos, neg, m)
     num_pos_f = xp.sum(as_float(ctx, num_positive))

@@ -45,26 +45,16 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
     idt = be.index_dtype(xp)
     zero = scalar(ctx, 0)
     izero = xp.zeros((), dtype=idt, device=ctx.device)
-    inf = scalar(ctx, float("inf"))
 
     nneg = xp.sum(xp.astype(neg, idt), axis=1)
     term = pos & (nneg > izero)[:, None]
 
-    dn = xp.where(neg, d, inf)
-    order = xp.astype(be.argsort_rows(xp, dn), idt)  # stable: ties keep index order
-    srt = be.take_rows(xp, dn, order)
-
-    # first sorted position with d(a, n) > d(a, p): its value is the smallest such
-    # distance and, the sort being stable, its index the smallest among ties
-    first_greater = xp.astype(be.searchsorted_rows(xp, srt, d, side="right", where=term), idt)
-    semihard = term & (first_greater < nneg[:, None])
-    # fallback: the largest negative distance, at its first sorted position
-    last = xp.maximum(nneg - xp.ones((), dtype=idt, device=ctx.device), izero)
-    largest = be.take_rows(xp, srt, last[:, None])
-    first_largest = xp.astype(be.searchsorted_rows(xp, srt, largest, side="left"), idt)
-    pos_sorted = xp.where(semihard, first_greater, first_largest)
-    pos_sorted = xp.minimum(pos_sorted, xp.asarray(B - 1, dtype=idt, device=ctx.device))
-    chosen = be.take_rows(xp, order, pos_sorted)
+    native = be.native_kernel("semihard", d)
+    if native is not None:
+        chosen, semihard = native(d, neg, term)
+        chosen = xp.astype(chosen, idt)
+    else:
+        chosen, semihard = _choose(ctx, d, neg, term, nneg)
 
     d_neg = be.take_rows(xp, d, chosen)
     arg = d - d_neg + scalar(ctx, m)
@@ -84,3 +74,27 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
                 ctx, xp.sum(as_float(ctx, semihard)), num_terms)),
         }
     return finish(ctx, loss, x, info, return_info)
+
+
+def _choose(ctx, d, neg, term, nneg):
+    """Portable semi-hard mining: ``(chosen, semihard)`` index and flag matrices."""
+    xp, be = ctx.xp, ctx.backend
+    B = d.shape[0]
+    idt = be.index_dtype(xp)
+    izero = xp.zeros((), dtype=idt, device=ctx.device)
+    inf = scalar(ctx, float("inf"))
+    dn = xp.where(neg, d, inf)
+    order = xp.astype(be.argsort_rows(xp, dn), idt)  # stable: ties keep index order
+    srt = be.take_rows(xp, dn, order)
+
+    # first sorted position with d(a, n) > d(a, p): its value is the smallest such
+    # distance and, the sort being stable, its index the smallest among ties
+    first_greater = xp.astype(be.searchsorted_rows(xp, srt, d, side="right", where=term), idt)
+    semihard = term & (first_greater < nneg[:, None])
+    # fallback: the largest negative distance, at its first sorted position
+    last = xp.maximum(nneg - xp.ones((), dtype=idt, device=ctx.device), izero)
+    largest = be.take_rows(xp, srt, last[:, None])
+    first_largest = xp.astype(be.searchsorted_rows(xp, srt, largest, side="left"), idt)
+    pos_sorted = xp.where(semihard, first_greater, first_largest)
+    pos_sorted = xp.minimum(pos_sorted, xp.asarray(B - 1, dtype=idt, device=ctx.device))
+    return be.take_rows(xp, order, pos_sorted), semihard
