@@ -65,6 +65,9 @@ def distance_matrix(ctx: Context, x, metric: str):
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         d = xp.minimum(d, two)
         return be.finish_sqdist(xp, d, sqrt=False)
+    native = be.native_kernel("sqdist", x)
+    if native is not None:
+        return native(x, metric == "sqeuclidean")
     # shift by the first row: distances are translation invariant, the shift removes a
     # common offset (the Gram trick's cancellation grows with |x|²), and subtracting a
     # row keeps dyadic inputs exact (a mean would not), so exact ties stay ties

@@ -122,6 +122,13 @@ class TorchBackend(Backend):
     def safe_sqrt(self, xp, x):
         return _SafeSqrt.apply(x)
 
+    def native_kernel(self, name, like):
+        if name == "sqdist":
+            return lambda x, squared: _PairwiseSq.apply(x, squared)
+        if like.device.type != "cpu":
+            return None  # CUDA: the portable torch.sort / torch.searchsorted path
+        return {"batch_all": _native_batch_all, "semihard": _native_semihard}.get(name)
+
     def finish_sqdist(self, xp, d2, sqrt):
         d2 = torch.clamp_min(d2, 0)
         d2 = d2.fill_diagonal_(0)
@@ -141,11 +148,6 @@ class TorchBackend(Backend):
 
     def softplus(self, xp, x):
         return torch.nn.functional.softplus(x)
-
-    def native_kernel(self, name, like):
-        if like.device.type != "cpu":
-            return None  # CUDA: the portable torch.sort / torch.searchsorted path
-        return {"batch_all": _native_batch_all, "semihard": _native_semihard}.get(name)
 
     def value_and_grad(self, fn, x):
         x = x.detach().clone().requires_grad_(True)
@@ -168,3 +170,60 @@ class TorchBackend(Backend):
 
 
 BACKEND = TorchBackend()
+
+
+# --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------
+_BLOCK = 512
+
+
+class _PairwiseSq(torch.autograd.Function):
+    """Euclidean (or squared) distances of the rows of ``x`` with few B×B passes.
+
+    Forward: ``G = xc xcᵀ`` for rows shifted by the first row; then, block pair by block
+    pair, ``d² = |xc_i|² + |xc_j|² − (G_ij + G_ji)`` computed once and mirrored (exactly
+    symmetric although torch's GEMM is not), clamped at 0, square-rooted — all in place
+    in G, so a 4096² float32 problem allocates one B×B buffer instead of about eight.
+    Backward: ``∂/∂xc = 2[(rowsum H + colsum H) ⊙ xc − H xc − Hᵀ xc]`` with
+    ``H = g / (2d)`` (0 where d = 0: the diagonal and duplicate rows).
+    """
+
+    @staticmethod
+    def forward(x, squared):
+        xc = x - x[:1]
+        g = torch.mm(xc, xc.t())
+        sq = torch.diagonal(g).clone()
+        n = g.shape[0]
+        for i in range(0, n, _BLOCK):
+            i2 = min(n, i + _BLOCK)
+            for j in range(i, n, _BLOCK):
+                j2 = min(n, j + _BLOCK)
+                t = g[i:i2, j:j2] + g[j:j2, i:i2].t()
+                t.neg_().add_(sq[i:i2, None] + sq[None, j:j2]).clamp_min_(0)
+                if not squared:
+                    t.sqrt_()
+                g[i:i2, j:j2] = t
+                if j != i:
+                    g[j:j2, i:i2] = t.t()
+        g.fill_diagonal_(0)
+        return g
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, squared = inputs
+        ctx.squared = squared
+        ctx.save_for_backward(x, output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, d = ctx.saved_tensors
+        zero = torch.zeros((), dtype=d.dtype, device=d.device)
+        if ctx.squared:
+            h = torch.where(d > 0, grad, zero)
+        else:
+            h = torch.where(d > 0, grad / (2 * torch.where(d > 0, d, 1)), zero)
+        xc = x - x[:1]
+        coef = h.sum(dim=1) + h.sum(dim=0)
+        gxc = 2 * (coef[:, None] * xc - torch.mm(h, xc) - torch.mm(h.t(), xc))
+        gx = gxc.clone()
+        gx[0] -= gxc.sum(dim=0)
+        return gx, None
