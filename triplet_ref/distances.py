@@ -78,7 +78,7 @@ def distance_matrix(ctx: Context, x, metric: str):
     # residue ~eps·|x|² whose square root (~sqrt(eps)·|x|, 1e-2 in float32) would be a
     # spurious distance.  A copy, because a backend may update G in place.
     n = G.shape[0]
-    sq = xp.asarray(xp.reshape(G, (n * n,))[:: n + 1], copy=True)
+    sq = xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
     d2 = be.gram_to_sqdist(xp, G, sq)
     return be.finish_sqdist(xp, d2, sqrt=(metric == "euclidean"))
 

@@ -15,6 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
+import functools
+
+
+def _quiet(fn):
+    """NaN inputs are legal (the loss is NaN): no RuntimeWarning from the arithmetic."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # at most this many positives per anchor: the backward uses one masked pass per slot
 _SMALL_K = 16
 
@@ -59,6 +73,7 @@ def _sorted_negatives(d: np.ndarray, neg: np.ndarray, with_order: bool):
     return np.take_along_axis(dn, order, axis=1), order
 
 
+@_quiet
 def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float):
     """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and ``count[a, p] = #{n: d(a,n) < d(a,p) + m}``
     at positive pairs (0 elsewhere).  Sums are accumulated in float64."""
@@ -83,6 +98,7 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: f
     return out, count
 
 
+@_quiet
 def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float,
                        grad: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Gradient of ``Σ grad ⊙ L`` with respect to ``d``.
@@ -125,6 +141,7 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
     return out
 
 
+@_quiet
 def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
     """The semi-hard negative of every term ``(a, p)``: ``(chosen, semihard)``, both
     (B, B); ``chosen`` is 0 off-term, ``semihard`` says whether the strict rule chose."""

@@ -107,6 +107,8 @@ class TorchBackend(Backend):
 
     def from_numpy(self, a, dtype=None, device=None):
         a = np.asarray(a)
+        if not a.flags.writeable:  # e.g. a view of a JAX array: torch wants writable memory
+            a = a.copy()
         if dtype in ("bfloat16",):
             return torch.as_tensor(a.astype(np.float32), device=device).to(torch.bfloat16)
         if dtype is not None:
