@@ -74,6 +74,12 @@ def fmt_mem(b):
     return f"{b / MIB:.3g} MiB" if abs(b) >= 0.1 * MIB else f"{b / MIB:.2f} MiB"
 
 
+def short(reason, n=160):
+    """A failure reason on one line (exceptions may carry a traceback)."""
+    line = " ".join(str(reason).split("Traceback")[0].split())
+    return line if len(line) <= n else line[: n - 1] + "…"
+
+
 def label(r):
     return f"{impls.IMPLS[r['impl']].label}[{r['backend']}]"
 
@@ -82,7 +88,7 @@ def progress_line(r):
     head = f"{label(r)} {r['loss']} {MODE_LABEL[r['mode']]} B={r['b']}"
     if r["status"] == "ok":
         return f"  {head}: {fmt_time(r['time_s'])}, +{fmt_mem(r['peak_bytes'])} ({r['repeats']} runs)"
-    return f"  {head}: {r['status']} ({r.get('reason', '')})"
+    return f"  {head}: {r['status']} ({short(r.get('reason', ''))})"
 
 
 # ------------------------------------------------------------------ targets
@@ -111,7 +117,7 @@ def targets(doc):
             if r is None:
                 return "not in this sweep"
             if r["status"] != "ok":
-                return f"{label(r)} {r['status']}: {r.get('reason', '')}"
+                return f"{label(r)} {r['status']}: {short(r.get('reason', ''))}"
         return ""
 
     def ratio_target(name, num, den, threshold, kind="time", strict=False):
@@ -192,7 +198,7 @@ def targets(doc):
         else:
             pred = r.get("predicted_bytes")
             out.append(dict(target=name, status="met",
-                            detail=f"{r['status']}: {r.get('reason', '')}"
+                            detail=f"{r['status']}: {short(r.get('reason', ''))}"
                             + (f" (predicted {pred / GIB:.0f} GiB)" if pred and "GiB" not in r.get("reason", "") else "")))
     return out
 
@@ -301,7 +307,9 @@ def machine_summary(doc):
         + f"1 when over {s['long_call_s']:g} s; a configuration predicted over "
         f"{s['single_call_s']:g} s per call is timed by a single call with no separate warm-up); "
         "each configuration in a fresh process",
-        f"- budgets: skip when predicted over {s['mem_budget_gib']:g} GiB or {s['time_budget_s']:g} s per call",
+        f"- budgets: skip when predicted over {s['mem_budget_gib']:g} GiB"
+        + (f" ({s['own_mem_budget_gib']:g} GiB for triplet_ref and X @ X.T)" if s.get("own_mem_budget_gib") else "")
+        + f" or {s['time_budget_s']:g} s per call",
         f"- memory: {doc['memory_note']}",
     ]
     loads = [r["loadavg_1m"] for r in doc["results"] if r.get("loadavg_1m") is not None]
@@ -352,7 +360,7 @@ def markdown(doc):
     skipped = [r for r in doc["results"] if r["status"] not in ("ok",)]
     if skipped:
         parts += ["## Skipped or failed", ""]
-        parts += [f"- {label(r)} {r['loss']} {MODE_LABEL[r['mode']]} B={r['b']}: {r['status']} — {r.get('reason', '')}"
+        parts += [f"- {label(r)} {r['loss']} {MODE_LABEL[r['mode']]} B={r['b']}: {r['status']} — {short(r.get('reason', ''))}"
                   for r in skipped]
         parts.append("")
     if not doc["settings"].get("no_plots"):
