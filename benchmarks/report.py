@@ -332,6 +332,7 @@ def markdown(doc):
         f"({doc['settings']['sweep']} sweep, {len(doc['results'])} configurations"
         + (f", triplet_ref at commit {doc['triplet_ref_commit']}" if doc.get("triplet_ref_commit") else "") + ").",
         "",
+        *([f"**Note:** {doc['library_note']}", ""] if doc.get("library_note") else []),
         machine_summary(doc),
         "",
         f"## Targets ({met} met, {nm} not met, {len(doc['targets']) - met - nm} not measured)",
