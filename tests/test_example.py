@@ -93,38 +93,40 @@ def test_first_step_matches_numpy_network(backend):
     split = load_split(seed=0)
     cfg = Config(loss="batch_hard", steps=1)
     x, y = next(batches(split, cfg))
-    expected, curves = objective(y, forward_numpy(init_params(cfg, cfg.seed), x), loss=cfg.loss, margin=cfg.margin)
+    raw = forward_numpy(init_params(cfg, cfg.seed), x, cfg)
+    assert raw.shape == (x.shape[0], cfg.output_dim) == (56, 1024)
+    expected, curves = objective(y, raw, loss=cfg.loss, margin=cfg.margin)
     got = train(backend, split, cfg, progress=False).curves
     for name in ("loss", "fraction_positive", "mean_embedding_norm", "mean_hardest_positive_dist"):
         assert got[name][0] == pytest.approx(float(curves[name]), rel=1e-4, abs=1e-6), name
     assert float(expected) > 0.05  # an untrained network is not already done
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_training_learns(backend):
+@pytest.mark.parametrize("backend, loss", [("torch", "batch_hard"), ("jax", "batch_semihard")])
+def test_training_beats_pixels_on_unseen_digits(backend, loss):
+    """The acceptance test of the example: the default recipe (150 steps, about 1-3 s) lowers the
+    loss, and on the digits 7-9 that training never saw, nearest-neighbour retrieval in the
+    learned embedding beats raw pixels on recall@1 and on mAP. Pixels: recall@1 0.9906 (5 errors
+    in 533), mAP 0.7771. Over five seeds x three losses x both backends the trained embedding
+    makes 1-4 errors and its mAP lies in 0.81-0.87 (examples/README.md, digits_seeds.json)."""
     _needs(backend)
     from examples.digits.objective import Config
     from examples.digits.train import evaluate
     from examples.digits.trainers import train
 
     split = load_split(seed=0)
-    cfg = Config(loss="batch_hard", steps=150)
-    result = train(backend, split, cfg, progress=False)
-    loss = result.curves["loss"]
-    assert np.isfinite(loss).all()
-    assert loss[-30:].mean() < 0.25 * loss[:10].mean()
-    assert result.curves["fraction_positive"][-30:].mean() < 0.5 * result.curves["fraction_positive"][:10].mean()
+    result = train(backend, split, Config(loss=loss), progress=False)
+    loss_curve = result.curves["loss"]
+    assert np.isfinite(loss_curve).all()
+    assert loss_curve[-20:].mean() < 0.7 * loss_curve[:5].mean()
 
     trained = evaluate(result.embed, split)
     pixels = evaluate(lambda v: v, split)
-    # held-out images of the trained digits: far better ranking than raw pixels (about 0.78)
-    assert trained["map_seen"] > 0.95 > pixels["map_seen"]
-    assert trained["recall_at_1_seen"] >= pixels["recall_at_1_seen"]
-    # unseen digits 7-9: the embedding still separates them (chance is about 1/3). It does not beat
-    # raw pixels there reliably (recall@1 0.991, mAP 0.777; see examples/README.md and the
-    # 5-seed table), so no such claim is tested.
-    assert trained["recall_at_1_unseen"] > 0.95
-    assert trained["map_unseen"] > 0.6
+    assert pixels["recall_at_1_unseen"] == pytest.approx(528 / 533)  # the dataset's own fact: 5 pixel errors
+    assert trained["recall_at_1_unseen"] > pixels["recall_at_1_unseen"]
+    assert trained["map_unseen"] > pixels["map_unseen"] + 0.02
+    # held-out images of the trained digits: a far better ranking than raw pixels (mAP about 0.78)
+    assert trained["map_seen"] > 0.9 > pixels["map_seen"]
 
 
 def test_cli_writes_all_outputs(tmp_path):
@@ -145,5 +147,22 @@ def test_cli_writes_all_outputs(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     vecs = np.loadtxt(tmp_path / "vecs.tsv", delimiter="\t")
     meta = np.loadtxt(tmp_path / "meta.tsv", dtype=int)
-    assert vecs.shape == (316 + 533, 64) and meta.shape == (316 + 533,)
+    assert vecs.shape == (316 + 533, 1024) and meta.shape == (316 + 533,)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+
+
+def test_learning_rate_schedule_and_standardisation():
+    from examples.digits.objective import Config
+    from examples.digits.trainers import standardize_images
+
+    cfg = Config(lr=1e-3, steps=100)
+    assert cfg.learning_rate(0) == pytest.approx(1e-3)
+    assert cfg.learning_rate(50) == pytest.approx(0.5e-3)
+    assert cfg.learning_rate(100) == pytest.approx(0.0, abs=1e-15)
+    assert Config(lr=1e-3, steps=100, schedule="constant").learning_rate(70) == 1e-3
+    with pytest.raises(ValueError, match="schedule"):
+        Config(schedule="linear")
+    x = np.array([[0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 7.0]])
+    # row 1: mean 1.5, population std sqrt(1.25); row 2: mean 5.5, std sqrt(0.75)
+    expected = np.array([[-1.5, -0.5, 0.5, 1.5], [-0.5, -0.5, -0.5, 1.5]]) / np.sqrt([[1.25], [0.75]])
+    np.testing.assert_allclose(standardize_images(x, eps=0.0), expected, rtol=1e-12)

@@ -25,16 +25,23 @@ CURVES = (
 )
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 @dataclass(frozen=True)
 class Config:
     loss: str = "batch_hard"
-    margin: float = 0.2
-    steps: int = 300
+    margin: float = 0.1
+    steps: int = 150
     p: int = 7  # classes per batch (all seven seen digits)
     k: int = 8  # images per class
     lr: float = 1e-3
+    schedule: str = "cosine"  # learning rate: cosine decay to 0 over `steps`, or constant
     channels: tuple = (32, 64)  # the two 3x3 convolutions
-    embedding_dim: int = 64
+    # None: the embedding is the network's pooled feature map itself (channels[1] * 4 * 4 values);
+    # an int adds a final linear projection to that many dimensions
+    embedding_dim: int | None = None
+    standardize: bool = True  # the network first standardises each image (zero mean, unit std over its pixels)
     normalize: bool = True  # L2-normalise the network output before the loss and for retrieval
     seed: int = 0
 
@@ -47,10 +54,24 @@ class Config:
             raise ValueError(f"steps must be >= 1, got {self.steps!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if len(self.channels) != 2 or min(self.channels) < 1:
             raise ValueError(f"channels must be two positive ints, got {self.channels!r}")
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim!r}")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be None or >= 1, got {self.embedding_dim!r}")
+
+    @property
+    def output_dim(self) -> int:
+        """Dimension of the embedding."""
+        return self.channels[1] * 16 if self.embedding_dim is None else self.embedding_dim
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): ``lr * (1 + cos(pi * step / steps)) / 2`` for
+        "cosine" (as optax.cosine_decay_schedule and torch's CosineAnnealingLR), ``lr`` for "constant"."""
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + float(np.cos(np.pi * min(step, self.steps) / self.steps)))
 
 
 def loss_function(name: str):

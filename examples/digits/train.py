@@ -19,7 +19,7 @@ import numpy as np
 
 from examples.digits.data import SEEN_DIGITS, UNSEEN_DIGITS, DigitsSplit, load_split
 from examples.digits.metrics import retrieval_metrics
-from examples.digits.objective import BACKENDS, CURVES, LOSSES, Config
+from examples.digits.objective import BACKENDS, CURVES, LOSSES, SCHEDULES, Config
 from examples.digits.trainers import train, untrained_embed
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
@@ -229,7 +229,12 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--p", type=int, default=d.p, help="classes per batch")
     ap.add_argument("--k", type=int, default=d.k, help="images per class in a batch")
-    ap.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
+    ap.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning rate schedule")
+    ap.add_argument("--embedding-dim", type=int, default=d.embedding_dim,
+                    help="add a final linear layer to this many dimensions (default: none, the embedding is the "
+                         "1,024 pooled features)")
+    ap.add_argument("--no-standardize", action="store_true", help="feed the pixels as they are (no per-image "
+                                                                  "standardisation)")
     ap.add_argument("--no-normalize", action="store_true", help="use the raw network output (no L2 normalisation)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -241,8 +246,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     split = load_split(seed=args.seed)
-    base = dict(margin=args.margin, steps=args.steps, p=args.p, k=args.k, lr=args.lr,
-                embedding_dim=args.embedding_dim, normalize=not args.no_normalize, seed=args.seed)
+    base = dict(margin=args.margin, steps=args.steps, p=args.p, k=args.k, lr=args.lr, schedule=args.schedule,
+                embedding_dim=args.embedding_dim, standardize=not args.no_standardize,
+                normalize=not args.no_normalize, seed=args.seed)
     jobs = [(b, l) for b in BACKENDS for l in LOSSES] if args.all else [(args.backend, args.loss)]
     export = EXPORT_RUN if EXPORT_RUN in jobs else jobs[0]
     print(f"digits: {len(split.y_train)} training images of {SEEN_DIGITS}; test: {len(split.y_seen_test)} held-out "

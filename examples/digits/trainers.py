@@ -1,9 +1,11 @@
 """The two trainers: PyTorch (torch.optim.Adam) and JAX (optax.adam, plain jax, no Flax).
 
 Both build the same tiny CNN from the same NumPy initial weights, see the same P x K
-batches in the same order and call the same ``objective`` (and so the same triplet_ref loss):
+batches in the same order, follow the same learning-rate schedule and call the same
+``objective`` (and so the same triplet_ref loss):
 
-    8x8 image -> conv 3x3 (32) -> ReLU -> conv 3x3 (64) -> ReLU -> 2x2 max-pool -> linear (64)
+    8x8 image -> standardise -> conv 3x3 (32) -> ReLU -> conv 3x3 (64) -> ReLU -> 2x2 max-pool
+              -> flatten: the 1,024-d embedding  [-> linear (embedding_dim), only if one is set]
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+import array_api_compat
 
 from .data import DigitsSplit, PKSampler
 from .objective import CURVES, Config, l2_normalize, objective
@@ -27,7 +31,7 @@ class TrainResult:
 
 def init_params(cfg: Config, seed: int) -> dict:
     """He-normal weights and zero biases in float32, drawn with NumPy so both frameworks start
-    from the very same network. Convolutions are OIHW, the linear layer is (in, out)."""
+    from the very same network. Convolutions are OIHW, the linear layer (if any) is (in, out)."""
     rng = np.random.default_rng(seed)
     c1, c2 = cfg.channels
     n_flat = c2 * 4 * 4
@@ -35,20 +39,33 @@ def init_params(cfg: Config, seed: int) -> dict:
     def he(shape, fan_in):
         return rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(np.float32)
 
-    return {
+    params = {
         "conv1_w": he((c1, 1, 3, 3), 9),
         "conv1_b": np.zeros(c1, np.float32),
         "conv2_w": he((c2, c1, 3, 3), 9 * c1),
         "conv2_b": np.zeros(c2, np.float32),
-        "out_w": he((n_flat, cfg.embedding_dim), n_flat),
-        "out_b": np.zeros(cfg.embedding_dim, np.float32),
     }
+    if cfg.embedding_dim is not None:
+        params["out_w"] = he((n_flat, cfg.embedding_dim), n_flat)
+        params["out_b"] = np.zeros(cfg.embedding_dim, np.float32)
+    return params
 
 
-def forward_numpy(params: dict, x: np.ndarray) -> np.ndarray:
+def standardize_images(x, eps: float = 1e-6):
+    """Each row (an image's 64 pixels) shifted to mean 0 and scaled to std 1 (population std):
+    the first operation of the network, written once for NumPy, torch and jax arrays."""
+    xp = array_api_compat.array_namespace(x)
+    centred = x - xp.mean(x, axis=1, keepdims=True)
+    return centred / xp.sqrt(xp.mean(centred * centred, axis=1, keepdims=True) + eps)
+
+
+def forward_numpy(params: dict, x: np.ndarray, cfg: Config) -> np.ndarray:
     """The network in plain NumPy (float64): a third, independent statement of the architecture,
     used for the untrained-network baseline and to check that both frameworks build the same net."""
-    x = np.asarray(x, dtype=np.float64).reshape(-1, 1, 8, 8)
+    x = np.asarray(x, dtype=np.float64)
+    if cfg.standardize:
+        x = standardize_images(x)
+    x = x.reshape(-1, 1, 8, 8)
 
     def conv_same(x, w, b):  # 3x3 cross-correlation with zero padding 1, as torch and lax compute
         xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -59,14 +76,14 @@ def forward_numpy(params: dict, x: np.ndarray) -> np.ndarray:
     x = np.maximum(conv_same(x, params["conv1_w"], params["conv1_b"]), 0.0)
     x = np.maximum(conv_same(x, params["conv2_w"], params["conv2_b"]), 0.0)
     n, c = x.shape[:2]
-    x = x.reshape(n, c, 4, 2, 4, 2).max(axis=(3, 5))  # 2x2 max-pool
-    return x.reshape(n, -1) @ params["out_w"] + params["out_b"]
+    x = x.reshape(n, c, 4, 2, 4, 2).max(axis=(3, 5)).reshape(n, -1)  # 2x2 max-pool, flatten
+    return x @ params["out_w"] + params["out_b"] if "out_w" in params else x
 
 
 def untrained_embed(cfg: Config) -> Callable[[np.ndarray], np.ndarray]:
     """The embedding of the network at its initial weights (the starting point of every run)."""
     params = init_params(cfg, cfg.seed)
-    return lambda x: _finish(forward_numpy(params, x), cfg)
+    return lambda x: _finish(forward_numpy(params, x, cfg), cfg)
 
 
 def _finish(raw, cfg: Config):
@@ -101,34 +118,53 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def _torch_standardize():
+    """``standardize_images`` as a torch module (the first layer of the torch network)."""
+    from torch import nn
+
+    class Standardize(nn.Module):
+        def forward(self, x):
+            return standardize_images(x)
+
+    return Standardize()
+
+
 def train_torch(split: DigitsSplit, cfg: Config, progress: bool = True) -> TrainResult:
     with _torch_threads(1):
         return _train_torch(split, cfg, progress)
 
 
 def _train_torch(split: DigitsSplit, cfg: Config, progress: bool) -> TrainResult:
+    from collections import OrderedDict
+
     import torch
     from torch import nn
 
     torch.manual_seed(cfg.seed)
     c1, c2 = cfg.channels
-    model = nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
-        nn.Conv2d(1, c1, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(c1, c2, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(c2 * 16, cfg.embedding_dim),
-    )
+    layers = [
+        ("standardize", _torch_standardize() if cfg.standardize else nn.Identity()),
+        ("unflatten", nn.Unflatten(1, (1, 8, 8))),
+        ("conv1", nn.Conv2d(1, c1, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(c1, c2, 3, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("pool", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+    ]
+    if cfg.embedding_dim is not None:
+        layers.append(("out", nn.Linear(c2 * 16, cfg.embedding_dim)))
+    model = nn.Sequential(OrderedDict(layers))
     p = init_params(cfg, cfg.seed)
     with torch.no_grad():
-        for layer, name in ((model[1], "conv1"), (model[3], "conv2"), (model[7], "out")):
-            w = p[f"{name}_w"].T if name == "out" else p[f"{name}_w"]
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-            layer.bias.copy_(torch.from_numpy(p[f"{name}_b"]))
+        for name, layer in model.named_children():
+            if f"{name}_w" in p:
+                w = p[f"{name}_w"].T if name == "out" else p[f"{name}_w"]
+                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+                layer.bias.copy_(torch.from_numpy(p[f"{name}_b"]))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # step t runs with cfg.learning_rate(t), the very schedule the jax trainer gets from optax
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: cfg.learning_rate(t) / cfg.lr)
 
     log = {name: np.empty(cfg.steps) for name in CURVES}
     start = time.perf_counter()
@@ -140,6 +176,7 @@ def _train_torch(split: DigitsSplit, cfg: Config, progress: bool) -> TrainResult
         )
         value.backward()
         opt.step()
+        sched.step()
         for name in CURVES:
             log[name][step] = float(curves[name].detach())
         bar.update(1)
@@ -167,17 +204,20 @@ def train_jax(split: DigitsSplit, cfg: Config, progress: bool = True) -> TrainRe
         return y + b[None, :, None, None]
 
     def forward(params, x):
+        if cfg.standardize:
+            x = standardize_images(x)
         x = x.reshape(x.shape[0], 1, 8, 8)
         x = jax.nn.relu(conv(x, params["conv1_w"], params["conv1_b"]))
         x = jax.nn.relu(conv(x, params["conv2_w"], params["conv2_b"]))
         n, c = x.shape[:2]
-        x = jnp.max(x.reshape(n, c, 4, 2, 4, 2), axis=(3, 5))  # 2x2 max-pool
-        return x.reshape(n, -1) @ params["out_w"] + params["out_b"]
+        x = jnp.max(x.reshape(n, c, 4, 2, 4, 2), axis=(3, 5)).reshape(n, -1)  # 2x2 max-pool, flatten
+        return x @ params["out_w"] + params["out_b"] if "out_w" in params else x
 
     def loss_fn(params, x, y):
         return objective(y, forward(params, x), loss=cfg.loss, margin=cfg.margin, normalize=cfg.normalize)
 
-    opt = optax.adam(cfg.lr)
+    lr = optax.cosine_decay_schedule(cfg.lr, cfg.steps) if cfg.schedule == "cosine" else cfg.lr
+    opt = optax.adam(lr)
     opt_state = opt.init(params)
 
     @jax.jit
