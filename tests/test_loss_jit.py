@@ -144,22 +144,28 @@ def test_torch_compile_fullgraph_captures_every_loss(xp, loss_id):
     import torch
 
     fn, arrays = _make(loss_id)
+    torch._dynamo.reset()  # see torch_fresh_inductor
     compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend="aot_eager")
     _check(xp, compiled, fn, arrays, "float32", SIZES[:1], MARGINS[:1])
 
 
 @pytest.fixture
-def torch_fresh_inductor(xp, monkeypatch):
+def torch_fresh_inductor(xp):
     """The torch case, with no on-disk inductor/FX-graph cache: a cached graph compiled
     against an older fake (meta) of the backend's custom ops would run with stale output
     layouts."""
     if xp.name != "torch":
         pytest.skip("torch.compile only")
-    import torch  # noqa: F401
+    import torch
     import torch._inductor.config as cfg
 
-    monkeypatch.setattr(cfg, "force_disable_caches", True)
-    return xp
+    # one code object (``fn`` of _make) serves every loss: start each test with empty
+    # dynamo caches, or the recompile limit (8) is hit across tests
+    torch._dynamo.reset()
+
+    # the config's own patch(): monkeypatch's undo would delete the key from the config
+    with cfg.patch(force_disable_caches=True):
+        yield xp
 
 
 def test_torch_compile_inductor_batch_all(torch_fresh_inductor):
