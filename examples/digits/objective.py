@@ -41,7 +41,7 @@ class Config:
     # None: the embedding is the network's pooled feature map itself (channels[1] * 4 * 4 values);
     # an int adds a final linear projection to that many dimensions
     embedding_dim: int | None = None
-    standardize: bool = True  # the network first standardises each image (zero mean, unit std over its pixels)
+    standardize: bool = False  # if set, the network first standardises each image (mean 0, std 1 over its pixels)
     normalize: bool = True  # L2-normalise the network output before the loss and for retrieval
     seed: int = 0
 

@@ -4,8 +4,8 @@ Both build the same tiny CNN from the same NumPy initial weights, see the same P
 batches in the same order, follow the same learning-rate schedule and call the same
 ``objective`` (and so the same triplet_ref loss):
 
-    8x8 image -> standardise -> conv 3x3 (32) -> ReLU -> conv 3x3 (64) -> ReLU -> 2x2 max-pool
-              -> flatten: the 1,024-d embedding  [-> linear (embedding_dim), only if one is set]
+    8x8 image [-> standardise, if set] -> conv 3x3 (32) -> ReLU -> conv 3x3 (64) -> ReLU
+              -> 2x2 max-pool -> flatten: the 1,024-d embedding  [-> linear (embedding_dim), if set]
 """
 from __future__ import annotations
 
