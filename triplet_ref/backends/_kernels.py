@@ -60,7 +60,7 @@ def _sorted_negatives(d: np.ndarray, neg: np.ndarray, with_order: bool):
     dn += 0.0  # -0.0 -> +0.0, so the bit patterns below order like the values
     if not with_order:
         return np.sort(dn, axis=1), None
-    B = d.shape[0]
+    B = d.shape[1]  # columns: d may be a block of rows
     if dn.dtype == np.float32:
         # pack (value bits, column) into one uint64 key: one SIMD sort gives the values
         # and a stable order (non-negative float32 bit patterns order like the floats)
@@ -73,28 +73,42 @@ def _sorted_negatives(d: np.ndarray, neg: np.ndarray, with_order: bool):
     return np.take_along_axis(dn, order, axis=1), order
 
 
+# rows per block: every temporary of a kernel holds at most this many elements, so the
+# kernels add O(B) rows of scratch to their (B, B) outputs, never several full B×B arrays
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(B: int):
+    rows = max(1, _BLOCK_ELEMENTS // max(B, 1))
+    for start in range(0, B, rows):
+        yield slice(start, min(B, start + rows))
+
+
 @_quiet
 def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float):
     """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and ``count[a, p] = #{n: d(a,n) < d(a,p) + m}``
-    at positive pairs (0 elsewhere).  Sums are accumulated in float64."""
+    (int32) at positive pairs, 0 elsewhere.  Sums are accumulated in float64."""
     B = d.shape[0]
     out = np.zeros((B, B), dtype=d.dtype)
-    count = np.zeros((B, B), dtype=np.int64)
-    r, c = np.nonzero(pos)
-    if r.size == 0:
-        return out, count
-    srt, _ = _sorted_negatives(d, neg, with_order=False)
-    nneg = neg.sum(axis=1)
-    base = np.where(nneg > 0, srt[:, 0], 0).astype(np.float64)
-    real = np.arange(B)[None, :] < nneg[:, None]
-    shifted = np.where(real, srt - base[:, None], 0.0)
-    prefix = np.cumsum(shifted, axis=1, dtype=np.float64)
-    v = d[r, c] + d.dtype.type(margin)
-    k = bsearch(srt, r, v, "left")
-    below = np.where(k > 0, prefix[r, np.maximum(k - 1, 0)], 0.0)
-    vals = k * (v.astype(np.float64) - base[r]) - below
-    out[r, c] = np.maximum(vals, 0.0)
-    count[r, c] = k
+    count = np.zeros((B, B), dtype=np.int32)
+    m = d.dtype.type(margin)
+    for blk in _row_blocks(B):
+        r, c = np.nonzero(pos[blk])
+        if r.size == 0:
+            continue
+        db, nb = d[blk], neg[blk]
+        srt, _ = _sorted_negatives(db, nb, with_order=False)
+        nneg = nb.sum(axis=1)
+        base = np.where(nneg > 0, srt[:, 0], 0).astype(np.float64)
+        real = np.arange(B)[None, :] < nneg[:, None]
+        shifted = np.where(real, srt - base[:, None], 0.0)
+        prefix = np.cumsum(shifted, axis=1, dtype=np.float64)
+        v = db[r, c] + m
+        k = bsearch(srt, r, v, "left")
+        below = np.where(k > 0, prefix[r, np.maximum(k - 1, 0)], 0.0)
+        vals = k * (v.astype(np.float64) - base[r]) - below
+        out[blk][r, c] = np.maximum(vals, 0.0)
+        count[blk][r, c] = k
     return out, count
 
 
@@ -107,37 +121,44 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
     ``∂/∂d(a,n) = −Σ_{p: d(a,n) < d(a,p) + m} grad[a,p]``.
     """
     B = d.shape[0]
-    out = np.where(pos, grad * count, 0).astype(d.dtype)
-    r, c = np.nonzero(pos)
-    if r.size == 0:
-        return out
-    npos = np.bincount(r, minlength=B)
-    kmax = int(npos.max())
-    start = np.concatenate([[0], np.cumsum(npos)[:-1]])
-    slot = np.arange(r.size) - start[r]
-    thr = d[r, c] + d.dtype.type(margin)
-    w = grad[r, c]
-    if kmax <= _SMALL_K:
-        T = np.full((B, kmax), -np.inf, dtype=d.dtype)
-        W = np.zeros((B, kmax), dtype=d.dtype)
-        T[r, slot] = thr
-        W[r, slot] = w
-        acc = np.zeros((B, B), dtype=np.float64 if d.dtype == np.float64 else np.float32)
-        for k in range(kmax):
-            acc += np.where(d < T[:, k : k + 1], W[:, k : k + 1], 0)
-        out -= np.where(neg, acc, 0).astype(d.dtype)
-        return out
-    # many positives per anchor: per row, sort the thresholds and search each negative
-    for a in range(B):
-        sel = r == a
-        if not sel.any():
+    out = np.zeros((B, B), dtype=d.dtype)
+    m = d.dtype.type(margin)
+    grad = np.broadcast_to(grad, (B, B))
+    for blk in _row_blocks(B):
+        db, pb, nb, gb = d[blk], pos[blk], neg[blk], grad[blk]
+        ob = out[blk]
+        ob[...] = np.where(pb, gb * count[blk], 0)
+        r, c = np.nonzero(pb)
+        if r.size == 0:
             continue
-        t = thr[sel]
-        o = np.argsort(t)
-        ts = t[o]
-        tail = np.concatenate([np.cumsum(w[sel][o][::-1])[::-1], [0.0]])  # Σ of w over t > x
-        idx = np.searchsorted(ts, d[a], side="right")
-        out[a] -= np.where(neg[a], tail[idx], 0).astype(d.dtype)
+        rows = db.shape[0]
+        npos = np.bincount(r, minlength=rows)
+        kmax = int(npos.max())
+        start = np.concatenate([[0], np.cumsum(npos)[:-1]])
+        slot = np.arange(r.size) - start[r]
+        thr = db[r, c] + m
+        w = gb[r, c]
+        if kmax <= _SMALL_K:
+            T = np.full((rows, kmax), -np.inf, dtype=d.dtype)
+            W = np.zeros((rows, kmax), dtype=d.dtype)
+            T[r, slot] = thr
+            W[r, slot] = w
+            acc = np.zeros((rows, B), dtype=d.dtype)
+            for k in range(kmax):
+                acc += np.where(db < T[:, k : k + 1], W[:, k : k + 1], 0)
+            ob -= np.where(nb, acc, 0)
+            continue
+        # many positives per anchor: per row, sort the thresholds and search each negative
+        for a in range(rows):
+            sel = r == a
+            if not sel.any():
+                continue
+            t = thr[sel]
+            o = np.argsort(t)
+            ts = t[o]
+            tail = np.concatenate([np.cumsum(w[sel][o][::-1])[::-1], [0.0]])  # Σ w over t > x
+            idx = np.searchsorted(ts, db[a], side="right")
+            ob[a] -= np.where(nb[a], tail[idx], 0).astype(d.dtype)
     return out
 
 
@@ -148,17 +169,19 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
     B = d.shape[0]
     chosen = np.zeros((B, B), dtype=np.int64)
     semi = np.zeros((B, B), dtype=bool)
-    r, c = np.nonzero(term)
-    if r.size == 0:
-        return chosen, semi
-    srt, order = _sorted_negatives(d, neg, with_order=True)
-    nneg = neg.sum(axis=1)
-    k = bsearch(srt, r, d[r, c], "right")  # first negative strictly farther than d(a, p)
-    strict = k < nneg[r]
-    rows = np.arange(B)
-    last = np.maximum(nneg - 1, 0)
-    first_largest = bsearch(srt, rows, srt[rows, last], "left")
-    at = np.where(strict, k, first_largest[r])
-    chosen[r, c] = order[r, np.minimum(at, B - 1)]
-    semi[r, c] = strict
+    for blk in _row_blocks(B):
+        r, c = np.nonzero(term[blk])
+        if r.size == 0:
+            continue
+        db = d[blk]
+        srt, order = _sorted_negatives(db, neg[blk], with_order=True)
+        nneg = neg[blk].sum(axis=1)
+        k = bsearch(srt, r, db[r, c], "right")  # first negative strictly farther than d(a, p)
+        strict = k < nneg[r]
+        rows = np.arange(db.shape[0])
+        last = np.maximum(nneg - 1, 0)
+        first_largest = bsearch(srt, rows, srt[rows, last], "left")
+        at = np.where(strict, k, first_largest[r])
+        chosen[blk][r, c] = order[r, np.minimum(at, B - 1)]
+        semi[blk][r, c] = strict
     return chosen, semi

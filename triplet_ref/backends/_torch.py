@@ -38,14 +38,14 @@ def _batch_all_fwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> tuple[
 
 @_batch_all_fwd.register_fake
 def _(d, pos, neg, margin):
-    return torch.empty_like(d), torch.empty_like(d, dtype=torch.int64)
+    return torch.empty_like(d), torch.empty_like(d, dtype=torch.int32)
 
 
 @torch.library.custom_op("triplet_ref::batch_all_bwd", mutates_args=())
 def _batch_all_bwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float, grad: Tensor,
                    count: Tensor) -> Tensor:
     return torch.from_numpy(_kernels.batch_all_backward(
-        d.numpy(), pos.numpy(), neg.numpy(), margin, grad.contiguous().numpy(), count.numpy()))
+        d.numpy(), pos.numpy(), neg.numpy(), margin, grad.numpy(), count.numpy()))
 
 
 @_batch_all_bwd.register_fake
