@@ -211,3 +211,33 @@ def test_explicit_degenerate_rows_have_finite_gradients(xp, dtype):
     _, g = xp.backend.value_and_grad(
         lambda z: tr.contrastive_loss(z, z, np.array([1, 0]), 1.0), xp.asarray(rows, dtype))
     assert np.all(np.isfinite(g))
+
+
+# --- a learnable margin -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["batch_all", "batch_hard", "batch_semihard"])
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_margin_gradient_counts_the_active_terms(loss, framework):
+    """With ``reduction="sum"`` each active hinge has slope 1 in the margin, so
+    ``dL/dm`` equals the oracle's number of positive terms (the native CPU kernels too)."""
+    pytest.importorskip(framework)
+    batch = BY_NAME["random_pk_3x4"]
+    _, info = getattr(O, loss)(batch.labels, batch.x, 0.7, reduction="sum", return_info=True)
+    expected = info["num_positive"] if loss == "batch_all" else round(info["num_valid"] * info["fraction_positive"])
+    assert expected > 0
+    if framework == "torch":
+        import torch
+
+        m = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        x = torch.tensor(batch.x, dtype=torch.float64)
+        (g,) = torch.autograd.grad(getattr(tr, loss)(batch.labels, x, m, reduction="sum"), (m,))
+        got = float(g)
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        x = jnp.asarray(batch.x, dtype=jnp.float64)
+        f = lambda m: getattr(tr, loss)(batch.labels, x, m, reduction="sum")  # noqa: E731
+        got = float(jax.grad(f)(jnp.asarray(0.7, dtype=jnp.float64)))
+        assert float(jax.jit(jax.grad(f))(jnp.asarray(0.7, dtype=jnp.float64))) == got
+    assert got == expected

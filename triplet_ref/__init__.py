@@ -17,6 +17,10 @@ from .losses import (
 )
 from . import backends
 
+# torch.compile cannot trace a backend's first (importing) lookup: build the backends of
+# frameworks that are already imported now (imports nothing new)
+backends._preload_imported()
+
 __version__ = "0.1.0"
 
 __all__ = [

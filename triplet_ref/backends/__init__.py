@@ -88,6 +88,7 @@ def get_backend(backend: Any) -> Backend:
     """
     name = _name_of(backend)
     if name not in _CACHE:
+        _cold_lookup_while_compiling(name)
         mod, extra = _FRAMEWORK[name]
         try:
             importlib.import_module(mod)
@@ -134,6 +135,36 @@ def backend_of(x: Any) -> Backend | None:
     if top == "array_api_strict" and "array_api_strict" in sys.modules:
         return get_backend("array_api_strict")
     return None
+
+
+def _preload_imported() -> None:
+    """Create the backends of the compiling frameworks the process has already imported.
+
+    ``torch.compile(fullgraph=True)`` cannot trace the first, importing lookup of a
+    backend, so when torch is already in ``sys.modules`` at ``import triplet_ref`` its
+    backend (and jax's) is built now, outside any trace.  Nothing new is imported.
+    """
+    for name in ("torch", "jax"):
+        if _FRAMEWORK[name][0] in sys.modules and name not in _CACHE:
+            try:
+                get_backend(name)
+            except Exception:  # pragma: no cover - a broken install fails later, with its own error
+                pass
+
+
+def _cold_lookup_while_compiling(name: str) -> None:
+    """A clear error instead of dynamo's trace of ``importlib`` (see :func:`_preload_imported`)."""
+    torch = sys.modules.get("torch")
+    if name in _CACHE or torch is None:
+        return
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if compiling is not None and compiling():
+        raise RuntimeError(
+            f"triplet_ref: the {name} backend was first needed inside torch.compile, which cannot "
+            "trace its one-time setup; import torch before triplet_ref, or call "
+            f"triplet_ref.backends.get_backend({name!r}) (or any triplet_ref function) once "
+            "before compiling"
+        )
 
 
 import importlib.util  # noqa: E402  (used by is_installed)

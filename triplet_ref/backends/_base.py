@@ -174,7 +174,7 @@ def _check_margin(margin: Any) -> None:
         if tuple(shape) != ():
             raise ValueError(f"margin: expected a scalar, got an array of shape {tuple(shape)}")
     try:
-        value = float(margin)
+        value = float(margin.detach() if hasattr(margin, "detach") else margin)
     except Exception:  # a 0-d value traced under jit: it cannot be checked here
         return
     if not math.isfinite(value) or value < 0:

@@ -35,40 +35,46 @@ def _batch_all_call(d, pos, neg, margin):
     idt = _int_dtype()
     shapes = (jax.ShapeDtypeStruct(d.shape, d.dtype), jax.ShapeDtypeStruct(d.shape, idt))
 
-    def host(d, pos, neg):
-        out, count = _kernels.batch_all_forward(np.asarray(d), np.asarray(pos), np.asarray(neg), margin)
+    def host(d, pos, neg, margin):
+        out, count = _kernels.batch_all_forward(np.asarray(d), np.asarray(pos), np.asarray(neg),
+                                                float(np.asarray(margin)))
         return out, count.astype(idt)
 
-    return jax.pure_callback(host, shapes, d, pos, neg)
+    return jax.pure_callback(host, shapes, d, pos, neg, margin)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+# the margin is an operand (a 0-d array), not a static argument: a traced margin under
+# jax.jit works, and one compilation serves every margin
+@jax.custom_vjp
 def _batch_all(d, pos, neg, margin):
     return _batch_all_call(d, pos, neg, margin)
 
 
 def _batch_all_fwd(d, pos, neg, margin):
     out, count = _batch_all_call(d, pos, neg, margin)
-    return (out, count), (d, pos, neg, count)
+    return (out, count), (d, pos, neg, margin, count)
 
 
-def _batch_all_bwd(margin, res, cts):
-    d, pos, neg, count = res
+def _batch_all_bwd(res, cts):
+    d, pos, neg, margin, count = res
     grad = cts[0]
 
-    def host(d, pos, neg, grad, count):
-        return _kernels.batch_all_backward(np.asarray(d), np.asarray(pos), np.asarray(neg), margin,
-                                           np.asarray(grad), np.asarray(count))
+    def host(d, pos, neg, margin, grad, count):
+        return _kernels.batch_all_backward(np.asarray(d), np.asarray(pos), np.asarray(neg),
+                                           float(np.asarray(margin)), np.asarray(grad),
+                                           np.asarray(count))
 
-    gd = jax.pure_callback(host, jax.ShapeDtypeStruct(d.shape, d.dtype), d, pos, neg, grad, count)
-    return gd, None, None
+    gd = jax.pure_callback(host, jax.ShapeDtypeStruct(d.shape, d.dtype), d, pos, neg, margin, grad, count)
+    # dL/dm: each positive triplet's hinge has slope 1 in the margin
+    gm = jnp.sum(grad * count.astype(grad.dtype)).astype(margin.dtype)
+    return gd, None, None, gm
 
 
 _batch_all.defvjp(_batch_all_fwd, _batch_all_bwd)
 
 
 def _native_batch_all(d, pos, neg, margin):
-    return _batch_all(d, pos, neg, float(margin))
+    return _batch_all(d, pos, neg, jnp.asarray(margin, dtype=d.dtype))
 
 
 def _native_semihard(d, neg, term):

@@ -79,7 +79,13 @@ def _(d, neg, term):
 
 
 def _native_batch_all(d, pos, neg, margin):
-    return _batch_all_fwd(d, pos, neg, float(margin))
+    m = margin.detach() if isinstance(margin, torch.Tensor) else margin
+    out, count = _batch_all_fwd(d, pos, neg, float(m))
+    if isinstance(margin, torch.Tensor) and margin.requires_grad:
+        # a learnable margin: each positive triplet's hinge has slope 1 in m, so
+        # dL[a,p]/dm = count[a,p]; adding (m - m.detach())·count changes no value
+        out = out + (margin - margin.detach()).to(out.dtype) * count.to(out.dtype)
+    return out, count
 
 
 def _native_semihard(d, neg, term):

@@ -29,7 +29,15 @@ def prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: s
 def scalar(ctx: Context, value, dtype=None):
     """A 0-d array on the context's device (never a bare Python scalar: compat-wrapped
     functions given Python scalars break ``torch.compile(fullgraph=True)``)."""
-    return ctx.xp.asarray(value, dtype=dtype if dtype is not None else ctx.dtype, device=ctx.device)
+    dtype = dtype if dtype is not None else ctx.dtype
+    if ctx.backend.is_native(value):
+        # an array of the backend (a learnable margin): astype keeps it on the autograd
+        # tape; asarray would copy a requires_grad tensor with a warning
+        from array_api_compat import device, to_device
+
+        out = ctx.xp.astype(value, dtype)
+        return out if device(out) == ctx.device else to_device(out, ctx.device)
+    return ctx.xp.asarray(value, dtype=dtype, device=ctx.device)
 
 
 def hinge(ctx: Context, x, soft: bool):
