@@ -32,6 +32,9 @@ def _quiet(fn):
 # at most this many positives per anchor: the backward uses one masked pass per slot
 _SMALL_K = 16
 
+# the unsigned integer type with a float type's width (its bit patterns)
+_UINT = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.uint64)}
+
 
 def bsearch(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
     """Vectorised binary search of ``values[k]`` in ``sorted_rows[rows[k]]`` (ascending)."""
@@ -84,6 +87,14 @@ def _row_blocks(B: int):
         yield slice(start, min(B, start + rows))
 
 
+def _slots(r: np.ndarray, rows: int):
+    """Rank of each positive pair within its row (pairs from ``np.nonzero``, row-major),
+    and the largest number of positives in a row."""
+    npos = np.bincount(r, minlength=rows)
+    start = np.concatenate([[0], np.cumsum(npos)[:-1]])
+    return np.arange(r.size) - start[r], int(npos.max())
+
+
 @_quiet
 def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float):
     """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and ``count[a, p] = #{n: d(a,n) < d(a,p) + m}``
@@ -97,6 +108,25 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: f
         if r.size == 0:
             continue
         db, nb = d[blk], neg[blk]
+        rows = db.shape[0]
+        slot, kmax = _slots(r, rows)
+        if kmax <= _SMALL_K:
+            # few positives per anchor (P×K batches): one pass over the row per positive
+            # beats sorting it.  Padded slots hold -inf and add nothing.
+            dn = np.where(nb, db, np.inf)
+            V = np.full((rows, kmax), -np.inf, dtype=d.dtype)
+            V[r, slot] = db[r, c] + m
+            S = np.zeros((rows, kmax), dtype=np.float64)
+            C = np.zeros((rows, kmax), dtype=np.int32)
+            h = np.empty_like(dn)
+            for k in range(kmax):
+                np.subtract(V[:, k : k + 1], dn, out=h)
+                np.maximum(h, 0, out=h)
+                S[:, k] = np.add.reduce(h, axis=1, dtype=np.float64)
+                C[:, k] = np.count_nonzero(h, axis=1)
+            out[blk][r, c] = S[r, slot]
+            count[blk][r, c] = C[r, slot]
+            continue
         srt, _ = _sorted_negatives(db, nb, with_order=False)
         nneg = nb.sum(axis=1)
         base = np.where(nneg > 0, srt[:, 0], 0).astype(np.float64)
@@ -132,10 +162,7 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
         if r.size == 0:
             continue
         rows = db.shape[0]
-        npos = np.bincount(r, minlength=rows)
-        kmax = int(npos.max())
-        start = np.concatenate([[0], np.cumsum(npos)[:-1]])
-        slot = np.arange(r.size) - start[r]
+        slot, kmax = _slots(r, rows)
         thr = db[r, c] + m
         w = gb[r, c]
         if kmax <= _SMALL_K:
@@ -173,9 +200,44 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
         r, c = np.nonzero(term[blk])
         if r.size == 0:
             continue
-        db = d[blk]
-        srt, order = _sorted_negatives(db, neg[blk], with_order=True)
-        nneg = neg[blk].sum(axis=1)
+        db, nb = d[blk], neg[blk]
+        rows = db.shape[0]
+        slot, kmax = _slots(r, rows)
+        if kmax <= _SMALL_K:
+            # few positives per anchor: per positive, the nearest negative beyond it by
+            # one integer subtraction and one argmin over the distances' bit patterns
+            # (non-negative floats order like their bits; integer arithmetic is exact,
+            # so only equal distances tie, and argmin takes the first index)
+            uint = _UINT[d.dtype]
+            dn = np.where(nb, db, np.inf)
+            dn += 0.0  # -0.0 -> +0.0
+            bits = dn.view(uint)
+            inf_bits = np.array(np.inf, dtype=d.dtype).view(uint)
+            key = np.empty_like(bits)
+            # fallback, the first farthest negative: + (2^n - bits(inf)) maps +inf (not a
+            # negative) to 0 and keeps the finite distances' order above it
+            np.add(bits, (~inf_bits) + uint.type(1), out=key)
+            fallback = key.argmax(axis=1)
+            T = np.full((rows, kmax), np.inf, dtype=d.dtype)
+            T[r, slot] = db[r, c]
+            T += 0.0
+            Tb = T.view(uint) + uint.type(1)
+            CH = np.zeros((rows, kmax), dtype=np.int64)
+            ST = np.zeros((rows, kmax), dtype=bool)
+            idx = np.arange(rows)
+            for k in range(kmax):
+                # bits(d_an) - bits(d_ap) - 1 (mod 2^n): small for d_an > d_ap, huge otherwise
+                np.subtract(bits, Tb[:, k : k + 1], out=key)
+                j = key.argmin(axis=1)
+                v = dn[idx, j]
+                ok = (v > T[:, k]) & (v < np.inf)
+                CH[:, k] = np.where(ok, j, fallback)
+                ST[:, k] = ok
+            chosen[blk][r, c] = CH[r, slot]
+            semi[blk][r, c] = ST[r, slot]
+            continue
+        srt, order = _sorted_negatives(db, nb, with_order=True)
+        nneg = nb.sum(axis=1)
         k = bsearch(srt, r, db[r, c], "right")  # first negative strictly farther than d(a, p)
         strict = k < nneg[r]
         rows = np.arange(db.shape[0])

@@ -181,16 +181,17 @@ BACKEND = TorchBackend()
 
 
 # --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------
-_BLOCK = 512
+_BLOCK = 256
 
 
 class _PairwiseSq(torch.autograd.Function):
     """Euclidean (or squared) distances of the rows of ``x`` with few B×B passes.
 
-    Forward: ``G = xc xcᵀ`` for rows shifted by the first row; then, block pair by block
-    pair, ``d² = |xc_i|² + |xc_j|² − (G_ij + G_ji)`` computed once and mirrored (exactly
-    symmetric although torch's GEMM is not), clamped at 0, square-rooted — all in place
-    in G, so a 4096² float32 problem allocates one B×B buffer instead of about eight.
+    Forward: ``G = xc xcᵀ`` for rows shifted by the first row; then, one stripe of rows
+    at a time, ``d² = |xc_i|² + |xc_j|² − 2 G_ij`` on and above the diagonal, clamped at
+    0, square-rooted — in place in G — and mirrored below it (exactly symmetric although
+    torch's GEMM is not), so a 4096² float32 problem allocates one B×B buffer instead of
+    about eight.  ``|xc_i|²`` is G's diagonal, so equal rows give exactly 0.
     Backward: ``∂/∂xc = 2[(rowsum H + colsum H) ⊙ xc − H xc − Hᵀ xc]`` with
     ``H = g / (2d)`` (0 where d = 0: the diagonal and duplicate rows).
     """
@@ -203,15 +204,17 @@ class _PairwiseSq(torch.autograd.Function):
         n = g.shape[0]
         for i in range(0, n, _BLOCK):
             i2 = min(n, i + _BLOCK)
-            for j in range(i, n, _BLOCK):
-                j2 = min(n, j + _BLOCK)
-                t = g[i:i2, j:j2] + g[j:j2, i:i2].t()
-                t.neg_().add_(sq[i:i2, None] + sq[None, j:j2]).clamp_min_(0)
-                if not squared:
-                    t.sqrt_()
-                g[i:i2, j:j2] = t
-                if j != i:
-                    g[j:j2, i:i2] = t.t()
+            # the stripe of rows i:i2 on and right of the diagonal, in place:
+            # d² = |xc_j|² − 2 G_ij + |xc_i|², clamped at 0 (4 passes, cache-sized rows)
+            t = g[i:i2, i:]
+            torch.add(sq[None, i:], t, alpha=-2, out=t)
+            t.add_(sq[i:i2, None]).clamp_min_(0)
+            if not squared:
+                t.sqrt_()
+            # exact symmetry: the part below the diagonal is a copy of the part above
+            g[i2:, i:i2] = t[:, i2 - i:].t()
+            blk = g[i:i2, i:i2]
+            blk.copy_(torch.triu(blk) + torch.triu(blk, 1).t())
         g.fill_diagonal_(0)
         return g
 

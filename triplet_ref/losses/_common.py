@@ -50,6 +50,16 @@ def hinge(ctx: Context, x, soft: bool):
     return ctx.xp.maximum(x, scalar(ctx, 0))
 
 
+def count_true(ctx: Context, mask, axis=None, dtype=None):
+    """Number of True entries (along ``axis``) as an integer array of ``dtype`` (default
+    the backend's index dtype), without a (B, B) integer temporary."""
+    xp = ctx.xp
+    dtype = dtype if dtype is not None else ctx.backend.index_dtype(xp)
+    if hasattr(xp, "count_nonzero"):
+        return xp.astype(xp.count_nonzero(mask, axis=axis), dtype, copy=False)
+    return xp.sum(xp.astype(mask, dtype), axis=axis)
+
+
 def as_float(ctx: Context, x):
     return ctx.xp.astype(x, ctx.dtype)
 

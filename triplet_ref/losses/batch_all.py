@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import count_true, as_float, finish, hinge, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_all"]
 
@@ -60,8 +60,8 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     loss = reduce(ctx, per_pair, num_pos_f, reduction)
     info = None
     if return_info:
-        npos = xp.sum(xp.astype(pos, idt), axis=1)
-        nneg = xp.sum(xp.astype(neg, idt), axis=1)
+        npos = count_true(ctx, pos, axis=1)
+        nneg = count_true(ctx, neg, axis=1)
         num_valid = xp.sum(npos * nneg)
         total_pos = xp.sum(xp.astype(num_positive, idt))
         info = {
@@ -80,7 +80,7 @@ def _hinge_rows(ctx, d, pos, neg, m):
     zero = scalar(ctx, 0)
     inf = scalar(ctx, float("inf"))
     idt = be.index_dtype(xp)
-    nneg = xp.sum(xp.astype(neg, idt), axis=1)
+    nneg = count_true(ctx, neg, axis=1)
 
     # negatives ascending, +inf after them (the sort is differentiable)
     srt = be.sort_rows(xp, xp.where(neg, d, inf))

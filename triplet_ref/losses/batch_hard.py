@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import count_true, as_float, finish, hinge, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_hard"]
 
@@ -71,7 +71,7 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
             "hardest_positive": xp.where(valid, hp_idx, minus1),
             "hardest_negative": xp.where(valid, hn_idx, minus1),
             "valid": valid,
-            "num_valid": xp.sum(xp.astype(valid, hp_idx.dtype)),
+            "num_valid": count_true(ctx, valid, dtype=hp_idx.dtype),
             # with soft=True every valid anchor counts (softplus > 0 on all of R)
             "fraction_positive": ctx.finish(safe_divide(
                 ctx, num_valid if soft else xp.sum(as_float(ctx, valid & (per_anchor > zero))),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import count_true, as_float, finish, hinge, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_semihard"]
 
@@ -46,13 +46,13 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
     zero = scalar(ctx, 0)
     izero = xp.zeros((), dtype=idt, device=ctx.device)
 
-    nneg = xp.sum(xp.astype(neg, idt), axis=1)
+    nneg = count_true(ctx, neg, axis=1)
     term = pos & (nneg > izero)[:, None]
 
     native = be.native_kernel("semihard", d)
     if native is not None:
         chosen, semihard = native(d, neg, term)
-        chosen = xp.astype(chosen, idt)
+        chosen = xp.astype(chosen, idt, copy=False)
     else:
         chosen, semihard = _choose(ctx, d, neg, term, nneg)
 
@@ -67,7 +67,7 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
         minus1 = xp.asarray(-1, dtype=idt, device=ctx.device)
         info = {
             "semihard_negative": xp.where(term, chosen, minus1),
-            "num_valid": xp.sum(xp.astype(term, idt)),
+            "num_valid": count_true(ctx, term),
             "fraction_positive": ctx.finish(safe_divide(
                 ctx, xp.sum(as_float(ctx, term & (per_pair > zero))), num_terms)),
             "fraction_semihard": ctx.finish(safe_divide(
