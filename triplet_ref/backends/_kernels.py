@@ -78,7 +78,7 @@ def _sorted_negatives(d: np.ndarray, neg: np.ndarray, with_order: bool):
 
 # rows per block: every temporary of a kernel holds at most this many elements, so the
 # kernels add O(B) rows of scratch to their (B, B) outputs, never several full B×B arrays
-_BLOCK_ELEMENTS = 1 << 22
+_BLOCK_ELEMENTS = 1 << 20
 
 
 def _row_blocks(B: int):
@@ -171,9 +171,14 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
             T[r, slot] = thr
             W[r, slot] = w
             acc = np.zeros((rows, B), dtype=d.dtype)
+            tmp = np.empty_like(acc)
+            hit = np.empty(acc.shape, dtype=bool)
             for k in range(kmax):
-                acc += np.where(db < T[:, k : k + 1], W[:, k : k + 1], 0)
-            ob -= np.where(nb, acc, 0)
+                np.less(db, T[:, k : k + 1], out=hit)
+                np.multiply(hit, W[:, k : k + 1], out=tmp)
+                acc += tmp
+            np.multiply(acc, nb, out=acc)
+            ob -= acc
             continue
         # many positives per anchor: per row, sort the thresholds and search each negative
         for a in range(rows):
