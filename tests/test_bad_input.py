@@ -274,3 +274,18 @@ def test_nan_explicit_contrastive_loss(xp, where):
     out = tr.contrastive_loss(xp.asarray(x1), xp.asarray(x2), xp.asarray(same))
     assert math.isnan(float(xp.to_numpy(out)))
     assert math.isnan(oracles.contrastive_loss(x1, x2, same))
+
+
+def test_nan_embeddings_make_the_whole_none_array_nan(xp):
+    """Decision (docs/semantics.md, NaN): with ``reduction="none"`` every entry is NaN,
+    whichever row holds the NaN; the same batch without it has no NaN at all."""
+    y = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    for row in (0, 5):
+        x = np.random.default_rng(row).normal(size=(8, 3))
+        for _, fn, _, _ in BATCH:
+            clean = xp.to_numpy(fn(xp.asarray(y), xp.asarray(x), reduction="none"))
+            assert not np.isnan(clean).any(), fn.__name__
+            x_nan = x.copy()
+            x_nan[row, 1] = np.nan
+            out = xp.to_numpy(fn(xp.asarray(y), xp.asarray(x_nan), reduction="none"))
+            assert out.shape == clean.shape and np.isnan(out).all(), (fn.__name__, row)
