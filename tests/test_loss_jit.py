@@ -187,8 +187,7 @@ def test_torch_compile_as_the_first_call_of_the_process():
         "f = torch.compile(lambda y, x: tr.batch_hard(y, x, 0.5), fullgraph=True, backend='eager')\n"
         "assert float(f(y, x)) == float(tr.batch_hard(y, x, 0.5))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    _run_fresh_process(code)
 
 
 def test_torch_compile_first_call_with_torch_imported_after_triplet_ref_says_what_to_do():
@@ -210,5 +209,9 @@ def test_torch_compile_first_call_with_torch_imported_after_triplet_ref_says_wha
         "torch._dynamo.reset()\n"
         "assert float(f(y, x)) == eager\n"
     )
+    _run_fresh_process(code)
+
+
+def _run_fresh_process(code: str) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
