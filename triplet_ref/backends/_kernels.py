@@ -95,6 +95,18 @@ def _slots(r: np.ndarray, rows: int):
     return np.arange(r.size) - start[r], int(npos.max())
 
 
+def _term_blocks(d: np.ndarray, terms: np.ndarray, neg: np.ndarray):
+    """Per row block holding a term: ``(blk, r, c, d[blk], neg[blk], slot, kmax)`` with the
+    terms' block-local rows and columns and their slots (see :func:`_slots`)."""
+    for blk in _row_blocks(d.shape[0]):
+        r, c = np.nonzero(terms[blk])
+        if r.size == 0:
+            continue
+        db = d[blk]
+        slot, kmax = _slots(r, db.shape[0])
+        yield blk, r, c, db, neg[blk], slot, kmax
+
+
 @_quiet
 def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float):
     """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and ``count[a, p] = #{n: d(a,n) < d(a,p) + m}``
@@ -103,13 +115,8 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: f
     out = np.zeros((B, B), dtype=d.dtype)
     count = np.zeros((B, B), dtype=np.int32)
     m = d.dtype.type(margin)
-    for blk in _row_blocks(B):
-        r, c = np.nonzero(pos[blk])
-        if r.size == 0:
-            continue
-        db, nb = d[blk], neg[blk]
+    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
         rows = db.shape[0]
-        slot, kmax = _slots(r, rows)
         if kmax <= _SMALL_K:
             # few positives per anchor (P×K batches): one pass over the row per positive
             # beats sorting it.  Padded slots hold -inf and add nothing.
@@ -201,13 +208,8 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
     B = d.shape[0]
     chosen = np.zeros((B, B), dtype=np.int64)
     semi = np.zeros((B, B), dtype=bool)
-    for blk in _row_blocks(B):
-        r, c = np.nonzero(term[blk])
-        if r.size == 0:
-            continue
-        db, nb = d[blk], neg[blk]
+    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, term, neg):
         rows = db.shape[0]
-        slot, kmax = _slots(r, rows)
         if kmax <= _SMALL_K:
             # few positives per anchor: per positive, the nearest negative beyond it by
             # one integer subtraction and one argmin over the distances' bit patterns
