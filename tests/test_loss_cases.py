@@ -229,7 +229,12 @@ def test_batch_contrastive_exact_values(xp, dtype):
     x = xp.asarray(np.array([[0.0], [1.0], [2.0]]), dtype)
     assert float(xp.to_numpy(tr.batch_contrastive(y, x, 2.5, reduction="sum"))) == 3.5
     want_mean = float(np.asarray(3.5, dtype) / np.asarray(6, dtype))
-    assert float(xp.to_numpy(tr.batch_contrastive(y, x, 2.5))) == want_mean
+    got = float(xp.to_numpy(tr.batch_contrastive(y, x, 2.5)))
+    if xp.label.endswith("-gpu") and dtype == "float32":
+        # XLA:GPU divides float32 by an approximate reciprocal (up to 2 ulp; seen on an H200)
+        assert abs(got - want_mean) <= 2 * np.spacing(np.float32(want_mean))
+    else:
+        assert got == want_mean
 
 
 # --- NaN propagation --------------------------------------------------------------------
@@ -362,8 +367,8 @@ def test_loss_specific_keywords():
 
 @pytest.mark.parametrize("low", ["float16", "bfloat16"])
 def test_low_precision_inputs(xp, low):
-    if xp.name == "array_api_strict" or (low == "bfloat16" and xp.name == "numpy"):
-        pytest.skip(f"{xp.name} has no {low}")
+    if xp.name == "array_api_strict" or (low == "bfloat16" and xp.name in ("numpy", "cupy")):
+        pytest.skip(f"{xp.name} has no {low}")  # NumPy/CuPy bfloat16 (ml_dtypes): see below
     batch = BY_NAME["ties_grid_8"]  # multiples of 1/4: exact in float16 and bfloat16
     x = xp.asarray(batch.x, low)
     for loss in ONLINE:
@@ -374,3 +379,14 @@ def test_low_precision_inputs(xp, low):
             np.testing.assert_allclose(np.asarray(xp.to_numpy(out), dtype=np.float64),
                                        loss.truth(batch.labels, batch.x, 0.3, reduction=red),
                                        rtol=rtol, atol=rtol, err_msg=f"{loss.id} {red}")
+
+
+def test_a_dtype_the_namespace_does_not_know_is_a_clear_error():
+    """NumPy (and CuPy) arrays of ml_dtypes' bfloat16 are not array-API dtypes: a TypeError
+    naming the argument, not NumPy's internal ``isdtype`` message."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.zeros((4, 2), dtype=ml_dtypes.bfloat16)
+    with pytest.raises(TypeError, match=r"^embeddings: dtype bfloat16 is not supported .*cast to float32"):
+        tr.batch_all(np.array([0, 0, 1, 1]), x)
+    with pytest.raises(TypeError, match=r"^embeddings: dtype bfloat16"):
+        tr.pairwise_distances(x)

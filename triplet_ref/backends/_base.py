@@ -208,7 +208,14 @@ def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2):
         raise ValueError(f"{name}: expected a {ndim}-D array of shape (B, D), got shape {tuple(emb.shape)}")
     if emb.shape[0] == 0:
         raise ValueError(f"{name}: empty batch (shape {tuple(emb.shape)}); need at least one row")
-    if not xp.isdtype(emb.dtype, "real floating"):
+    try:
+        floating = xp.isdtype(emb.dtype, "real floating")
+    except TypeError:  # a dtype the namespace does not know, e.g. ml_dtypes' bfloat16 in NumPy/CuPy
+        raise TypeError(
+            f"{name}: dtype {emb.dtype} is not supported by the {type(emb).__module__.split('.')[0]} "
+            "backend; cast to float32"
+        ) from None
+    if not floating:
         raise TypeError(f"{name}: expected a real floating dtype, got {emb.dtype}")
 
 
