@@ -22,7 +22,6 @@ def _safe_sqrt_jvp(primals, tangents):
 
 
 # --- the NumPy kernels through pure_callback on CPU -----------------------------------
-from functools import partial  # noqa: E402
 
 from . import _kernels  # noqa: E402
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import count_true, as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_true, finish, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_all"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backends import resolve_many
-from ..backends._base import check_choice, check_margin, convert_labels
+from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
 from ._common import REDUCTIONS, as_float, finish, prepare, reduce, safe_divide, scalar
 

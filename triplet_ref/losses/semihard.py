@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import count_true, as_float, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_true, finish, hinge, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_semihard"]
 
@@ -41,7 +41,6 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
     """
     ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
     idt = be.index_dtype(xp)
     zero = scalar(ctx, 0)
     izero = xp.zeros((), dtype=idt, device=ctx.device)
