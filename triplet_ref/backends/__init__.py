@@ -155,7 +155,7 @@ def _preload_imported() -> None:
 def _cold_lookup_while_compiling(name: str) -> None:
     """A clear error instead of dynamo's trace of ``importlib`` (see :func:`_preload_imported`)."""
     torch = sys.modules.get("torch")
-    if name in _CACHE or torch is None:
+    if torch is None:
         return
     compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
     if compiling is not None and compiling():

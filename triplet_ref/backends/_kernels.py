@@ -29,7 +29,8 @@ def _quiet(fn):
     return wrapper
 
 
-# at most this many positives per anchor: the backward uses one masked pass per slot
+# at most this many positives per anchor: the kernels make one pass over the row per
+# positive instead of sorting it (or, in the backward, searching sorted thresholds)
 _SMALL_K = 16
 
 # the unsigned integer type with a float type's width (its bit patterns)
@@ -161,15 +162,10 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
     out = np.zeros((B, B), dtype=d.dtype)
     m = d.dtype.type(margin)
     grad = np.broadcast_to(grad, (B, B))
-    for blk in _row_blocks(B):
-        db, pb, nb, gb = d[blk], pos[blk], neg[blk], grad[blk]
-        ob = out[blk]
-        ob[...] = np.where(pb, gb * count[blk], 0)
-        r, c = np.nonzero(pb)
-        if r.size == 0:
-            continue
+    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
+        gb, ob = grad[blk], out[blk]
+        ob[...] = np.where(pos[blk], gb * count[blk], 0)  # blocks without a term stay 0
         rows = db.shape[0]
-        slot, kmax = _slots(r, rows)
         thr = db[r, c] + m
         w = gb[r, c]
         if kmax <= _SMALL_K:
