@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -53,6 +54,12 @@ _FRAMEWORK = {
     "array_api_strict": ("array_api_strict", "strict"),
 }
 _CACHE: dict[str, Backend] = {}
+# Creating a backend imports its framework (seconds for torch or jax).  Threads making
+# their first calls at once must neither create a backend twice nor use one whose module
+# is half imported: creation happens under this lock (re-entrant: a backend module may
+# look up another backend while it is being created), and a backend enters _CACHE only
+# once everything it needs is imported.
+_LOCK = threading.RLock()
 
 
 def _name_of(backend: Any) -> str:
@@ -87,17 +94,30 @@ def get_backend(backend: Any) -> Backend:
     install when the framework is missing.
     """
     name = _name_of(backend)
-    if name not in _CACHE:
-        _cold_lookup_while_compiling(name)
-        mod, extra = _FRAMEWORK[name]
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            hint = f"pip install 'triplet_ref[{extra}]'" if extra else f"pip install {mod}"
-            raise ImportError(f"backend={name!r} needs {mod}, which is not installed: {hint}") from exc
-        impl = importlib.import_module(_MODULES[name], __name__)
-        _CACHE[name] = impl.BACKEND
-    return _CACHE[name]
+    be = _CACHE.get(name)
+    if be is not None:
+        return be
+    _cold_lookup_while_compiling(name)
+    with _LOCK:
+        if name not in _CACHE:  # another thread may have created it while we waited
+            _CACHE[name] = _create(name)
+        return _CACHE[name]
+
+
+def _create(name: str) -> Backend:
+    """Import backend ``name``'s framework and module (under ``_LOCK``)."""
+    mod, extra = _FRAMEWORK[name]
+    try:
+        importlib.import_module(mod)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        hint = f"pip install 'triplet_ref[{extra}]'" if extra else f"pip install {mod}"
+        raise ImportError(f"backend={name!r} needs {mod}, which is not installed: {hint}") from exc
+    impl = importlib.import_module(_MODULES[name], __name__)
+    be = impl.BACKEND
+    be.namespace()  # the namespace's (compat) modules are imported now, under the lock
+    import array_api_extra  # noqa: F401  (the portable searchsorted imports it lazily)
+
+    return be
 
 
 def is_installed(name: str) -> bool:
