@@ -83,6 +83,8 @@ def public(fn):
     takes = f"{fn.__name__}({', '.join(positional)}, *, {', '.join(keyword_only)})"
     npos = len(positional)
 
+    from .. import backends as _backends
+
     @functools.wraps(fn)
     def checked(*args, **kwargs):
         if len(args) > npos:
@@ -96,7 +98,16 @@ def public(fn):
         for flag in flags:
             if flag in kwargs:
                 check_bool(kwargs[flag], flag)
-        return fn(*args, **kwargs)
+        if _backends.compiling():  # traced by torch.compile: no lock (dynamo cannot trace one)
+            return fn(*args, **kwargs)
+        # the backends this call needs are created first (that may import a framework,
+        # alone); then the call runs as a reader of the registry gate (thread safety)
+        _backends.ensure_backends(args + tuple(kwargs.values()), kwargs.get("backend"))
+        _backends.GATE.enter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _backends.GATE.exit()
 
     return checked
 
