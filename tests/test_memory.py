@@ -110,3 +110,32 @@ def test_enqueue_under_jax_jit_and_detached():
     # the stored rows carry no gradient back to the batch
     g = jax.grad(lambda x: jnp.sum(memory_enqueue(mem, x, jnp.asarray(batches[0][0])).embeddings))(x0)
     assert not np.any(np.asarray(g))
+
+
+def test_torch_memory_bank_module_equals_pml_and_functional():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import losses
+
+    from triplet_ref.torch import MemoryBank
+
+    bank = MemoryBank(10, 3, dtype=torch.float64)
+    xbm = losses.CrossBatchMemory(losses.TripletMarginLoss(), embedding_size=3, memory_size=10)
+    xbm.embedding_memory = xbm.embedding_memory.double()
+    assert bank.contents() == (None, None) and bank.count == 0
+    batches = _batches()
+    for (y, x), (emb, lab, ptr, count) in zip(batches, _expected_ring(batches, 10)):
+        xt = torch.as_tensor(x, dtype=torch.float64).requires_grad_(True)
+        bank.enqueue(xt * 1.0, torch.as_tensor(y))
+        xbm.add_to_memory(xt, torch.as_tensor(y), len(y))
+        np.testing.assert_array_equal(bank.embeddings.numpy(), emb)
+        assert torch.equal(bank.embeddings, xbm.embedding_memory)
+        assert torch.equal(bank.labels, xbm.label_memory)
+        assert int(bank.ptr) == ptr == xbm.queue_idx and bank.count == count
+    ref, ref_y = bank.contents()
+    assert not ref.requires_grad and ref.shape == (10, 3) and ref_y.dtype == torch.int64
+    assert set(bank.state_dict()) == {"embeddings", "labels", "ptr", "filled"}
+    bank.reset()
+    assert bank.count == 0 and bank.contents() == (None, None)
+    with pytest.raises(ValueError, match="size"):
+        MemoryBank(0, 3)

@@ -230,3 +230,78 @@ class PKBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for idx in self.sampler:
             yield np.asarray(idx).tolist()
+
+
+# --- cross-batch memory (scale, issue #10) ---------------------------------------------
+from . import memory as _memory  # noqa: E402
+
+__all__ += ["MemoryBank"]
+
+
+class MemoryBank(torch.nn.Module):
+    """A cross-batch memory (XBM) of ``size`` rows as a module: a ring buffer of detached
+    embeddings and labels in registered buffers (they follow ``.to()`` and the
+    ``state_dict``), to pass as the reference set of any batch loss::
+
+        bank = MemoryBank(4096, dim=128)
+        for x, y in loader:
+            emb = model(x)
+            loss = batch_hard(y, emb)
+            if bank.count > 0:                      # against the previous batches
+                ref, ref_y = bank.contents()
+                loss = loss + batch_hard(y, emb, ref_embeddings=ref, ref_labels=ref_y)
+            loss.backward(); opt.step()
+            bank.enqueue(emb, y)                      # enqueue after the step
+
+    The buffers are those of :func:`triplet_ref.memory.memory_enqueue` (the slot layout of
+    pytorch-metric-learning's ``CrossBatchMemory``): ``embeddings`` ``(size, dim)`` of
+    ``dtype``, ``labels`` ``(size,)`` int64, ``ptr`` and ``filled`` (0-d int64).
+    """
+
+    def __init__(self, size: int, dim: int, *, dtype: torch.dtype = torch.float32, device: Any = None):
+        super().__init__()
+        for name, v in (("size", size), ("dim", dim)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name}: expected a positive int, got {type(v).__name__}")
+            if v < 1:
+                raise ValueError(f"{name}: must be >= 1, got {v}")
+        self.register_buffer("embeddings", torch.zeros(size, dim, dtype=dtype, device=device))
+        self.register_buffer("labels", torch.zeros(size, dtype=torch.int64, device=device))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.int64, device=device))
+
+    @property
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def count(self) -> int:
+        """The number of filled rows (``<= size``)."""
+        return int(self.filled)
+
+    def _state(self) -> _memory.Memory:
+        return _memory.Memory(self.embeddings, self.labels, self.ptr, self.filled)
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor, labels: Any) -> None:
+        """Write a ``(B, dim)`` batch (detached, cast to the buffer's dtype) and its ``(B,)``
+        labels at the pointer, overwriting the oldest rows once full (``B <= size``)."""
+        labels = torch.as_tensor(labels, device=self.labels.device)
+        new = _memory.memory_enqueue(self._state(), embeddings.to(self.embeddings.dtype), labels)
+        self.embeddings.copy_(new.embeddings)
+        self.labels.copy_(new.labels)
+        self.ptr.copy_(new.ptr)
+        self.filled.copy_(new.count)
+
+    def contents(self):
+        """``(ref_embeddings, ref_labels)``: the filled rows (views of the buffers), or
+        ``(None, None)`` while empty."""
+        return _memory.memory_contents(self._state())
+
+    def reset(self) -> None:
+        """Empty the memory (the buffers are zeroed)."""
+        for b in (self.embeddings, self.labels, self.ptr, self.filled):
+            b.zero_()
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.embeddings.shape[1]}, dtype={self.embeddings.dtype}, count={self.count}"
