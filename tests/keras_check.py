@@ -93,6 +93,12 @@ out["loaded_loss"] = [type(loaded.loss).__name__, loaded.loss.get_config()]
 out["inputs"]["X"] = X.tolist()
 out["pred"] = keras.ops.convert_to_numpy(model.predict(X, verbose=0)).tolist()
 out["eval"] = [model.evaluate(X, Y, batch_size=48, verbose=0), loaded.evaluate(X, Y, batch_size=48, verbose=0)]
+# the Keras blocks of docs/migrating.md (their output is checked against the guide by the test)
+sys.path.insert(0, str(ROOT / "tests"))
+from test_migrating import run_blocks, sections  # noqa: E402
+
+out["doc_outputs"] = run_blocks([code for blocks in sections().values() for keras_block, code, _ in blocks
+                                 if keras_block])
 if "--example" in sys.argv:
     from examples.keras_semihard.train import main
 

@@ -115,3 +115,16 @@ def test_keras_semihard_example_writes_projector_files(results):
     assert vecs.shape == (450, 64) and meta.tolist() == y_test.tolist()
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert "test set, trained" in stdout and "backend torch" in stdout
+
+
+def test_migration_guide_keras_blocks_print_what_the_guide_shows(run):
+    from test_migrating import check_pairs, sections
+
+    expected = [text for blocks in sections().values() for keras_block, _, text in blocks if keras_block]
+    got = run[1]["doc_outputs"]
+    assert len(got) == len(expected) >= 1
+    for g, e in zip(got, expected):
+        assert g == e
+        check_pairs(g)
+        lines = g.splitlines()  # the Keras loss prints the function's value
+        assert lines[0].split()[-1] == lines[1].split()[-1]
