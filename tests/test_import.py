@@ -73,3 +73,18 @@ def test_torch_wrappers_import_torch_only():
     if importlib.util.find_spec("torch") is None:
         return
     assert _loaded_after("import triplet_ref.torch") == ["torch"]
+
+
+def test_testing_kit_imports_no_framework_nor_test_tools():
+    """``import triplet_ref.testing`` and a NumPy ``check_loss`` import no framework,
+    hypothesis or pytest (the kit imports them only where a check needs them)."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import triplet_ref, triplet_ref.testing
+        from triplet_ref.testing import check_loss, regimes
+        rep = check_loss(lambda y, x: triplet_ref.batch_hard(y, x), "batch_hard", backend="numpy")
+        assert rep.ok, str(rep)
+        assert not {"hypothesis", "pytest", "_pytest"} & {m.split(".")[0] for m in sys.modules}
+    """).replace("\n", "\n        ")
+    assert _loaded_after(code) == []
