@@ -5,6 +5,7 @@ from typing import Any
 
 from .backends import Context, resolve
 from .backends._base import check_choice
+from .mining import SQDIST, run
 
 __all__ = ["pairwise_distances", "METRICS"]
 
@@ -74,9 +75,13 @@ def distance_matrix(ctx: Context, x, metric: str):
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         d = xp.minimum(d, two)
         return be.finish_sqdist(xp, d, sqrt=False)
-    native = be.native_kernel("sqdist", x)
-    if native is not None:
-        return native(x, metric == "sqeuclidean")
+    return run(SQDIST, ctx, x, metric == "sqeuclidean")
+
+
+def gram_sqdist(ctx: Context, x, squared: bool):
+    """The portable euclidean (``squared=False``) or squared distances of the rows of
+    ``x``: the Gram formula (the portable implementation of :data:`triplet_ref.mining.SQDIST`)."""
+    xp, be = ctx.xp, ctx.backend
     # shift by the first row: distances are translation invariant, the shift removes a
     # common offset (the Gram trick's cancellation grows with |x|²), and subtracting a
     # row keeps dyadic inputs exact (a mean would not), so exact ties stay ties
@@ -89,7 +94,7 @@ def distance_matrix(ctx: Context, x, metric: str):
     n = G.shape[0]
     sq = xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
     d2 = be.gram_to_sqdist(xp, G, sq)
-    return be.finish_sqdist(xp, d2, sqrt=(metric == "euclidean"))
+    return be.finish_sqdist(xp, d2, sqrt=not squared)
 
 
 def row_distances(ctx: Context, a, b, metric: str):
