@@ -81,3 +81,11 @@ def test_torch_ddp_two_ranks(tmp_path):
 @pytest.mark.slow
 def test_torch_ddp_rank_without_positive_pairs(tmp_path):
     _run_torch(tmp_path, [1, 12, 1])
+
+
+def test_jax_shard_map_four_devices():
+    pytest.importorskip("jax")
+    proc = subprocess.run([sys.executable, str(HERE / "scale" / "jax_shard_worker.py")], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    assert proc.stdout.strip().splitlines()[-1] == "OK 6"

@@ -154,3 +154,37 @@ class _TorchComm:
     def sum(self, ctx, v):
         _, all_reduce = _TORCH_FUNCTIONS
         return all_reduce.apply(v, self.group)
+
+
+def match_vma(ct, primal):
+    """A cotangent with the manual-axis type (``vma``) of its primal, inside ``shard_map``.
+
+    A ``custom_vjp`` backward rule must return cotangents typed like the primal inputs: a
+    primal that varies over a mesh axis (a shard) needs a varying cotangent (``pcast``),
+    and an invariant primal (a replicated margin) needs the cotangent summed over the axes
+    it varies on (``psum``, the transpose of the implicit broadcast).  Outside
+    ``shard_map`` both sets are empty and ``ct`` is returned as is.
+    """
+    import jax
+
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:  # a JAX without manual-axis types
+        return ct
+    want, have = _varying(typeof(primal)), _varying(typeof(ct))
+    extra = tuple(sorted(have - want))
+    if extra:
+        ct = jax.lax.psum(ct, extra)
+    missing = tuple(sorted(want - have))
+    if missing:
+        ct = jax.lax.pcast(ct, missing, to="varying")
+    return ct
+
+
+def _varying(aval) -> set:
+    """The mesh axes an abstract value varies over (``vma`` in JAX 0.6-0.9,
+    ``manual_axis_type.varying`` later); empty outside ``shard_map``."""
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        mat = getattr(aval, "manual_axis_type", None)
+        vma = getattr(mat, "varying", None)
+    return set(vma or ())

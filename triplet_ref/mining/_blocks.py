@@ -82,8 +82,9 @@ def _sorted_negatives(d: np.ndarray, neg: np.ndarray, with_order: bool):
 _BLOCK_ELEMENTS = 1 << 20
 
 
-def _row_blocks(B: int):
-    rows = max(1, _BLOCK_ELEMENTS // max(B, 1))
+def _row_blocks(B: int, cols: int | None = None):
+    # d may be (B, R) (a reference set): a block's temporaries are rows × R
+    rows = max(1, _BLOCK_ELEMENTS // max(B if cols is None else cols, 1))
     for start in range(0, B, rows):
         yield slice(start, min(B, start + rows))
 
@@ -99,7 +100,7 @@ def _slots(r: np.ndarray, rows: int):
 def _term_blocks(d: np.ndarray, terms: np.ndarray, neg: np.ndarray):
     """Per row block holding a term: ``(blk, r, c, d[blk], neg[blk], slot, kmax)`` with the
     terms' block-local rows and columns and their slots (see :func:`_slots`)."""
-    for blk in _row_blocks(d.shape[0]):
+    for blk in _row_blocks(d.shape[0], d.shape[1]):
         r, c = np.nonzero(terms[blk])
         if r.size == 0:
             continue

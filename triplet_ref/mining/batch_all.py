@@ -27,7 +27,7 @@ _SOFT_BLOCK_ELEMENTS = 1 << 22
 def hinge_rows(ctx, d, pos, neg, m):
     """``L[a, p]`` and the per-pair count of positive triplets, from sorted negatives."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    R = d.shape[1]  # (B, R): the candidates may be a reference set
     zero = scalar(ctx, 0)
     inf = scalar(ctx, float("inf"))
     idt = be.index_dtype(xp)
@@ -35,7 +35,7 @@ def hinge_rows(ctx, d, pos, neg, m):
 
     # negatives ascending, +inf after them (the sort is differentiable)
     srt = be.sort_rows(xp, xp.where(neg, d, inf))
-    col = xp.arange(B, dtype=idt, device=ctx.device)
+    col = xp.arange(R, dtype=idt, device=ctx.device)
     real = col[None, :] < nneg[:, None]
     # shift each row by its smallest negative: the prefix sums stay small, which keeps
     # float32 cancellation in c·v − Σ d(a, n) low; the shift cancels exactly in L
@@ -58,10 +58,10 @@ def hinge_rows(ctx, d, pos, neg, m):
 def soft_rows(ctx, d, pos, neg, m):
     """softplus version: blocks of anchors, each ``(b, B, B)`` with b·B² ≤ the budget."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B, R = d.shape
     zero = scalar(ctx, 0)
     idt = be.index_dtype(xp)
-    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (B * B)))
+    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (R * R)))
     rows, counts = [], []
     for start in range(0, B, blk):
         stop = min(B, start + blk)
@@ -83,9 +83,9 @@ def soft_rows(ctx, d, pos, neg, m):
 def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float):
     """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and ``count[a, p] = #{n: d(a,n) < d(a,p) + m}``
     (int32) at positive pairs, 0 elsewhere.  Sums are accumulated in float64."""
-    B = d.shape[0]
-    out = np.zeros((B, B), dtype=d.dtype)
-    count = np.zeros((B, B), dtype=np.int32)
+    B, R = d.shape  # R = B, or the size of a reference set
+    out = np.zeros((B, R), dtype=d.dtype)
+    count = np.zeros((B, R), dtype=np.int32)
     m = d.dtype.type(margin)
     for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
         rows = db.shape[0]
@@ -109,7 +109,7 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: f
         srt, _ = _sorted_negatives(db, nb, with_order=False)
         nneg = nb.sum(axis=1)
         base = np.where(nneg > 0, srt[:, 0], 0).astype(np.float64)
-        real = np.arange(B)[None, :] < nneg[:, None]
+        real = np.arange(R)[None, :] < nneg[:, None]
         shifted = np.where(real, srt - base[:, None], 0.0)
         prefix = np.cumsum(shifted, axis=1, dtype=np.float64)
         v = db[r, c] + m
@@ -129,10 +129,10 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
     ``∂/∂d(a,p) = grad[a,p]·count[a,p]`` and
     ``∂/∂d(a,n) = −Σ_{p: d(a,n) < d(a,p) + m} grad[a,p]``.
     """
-    B = d.shape[0]
-    out = np.zeros((B, B), dtype=d.dtype)
+    B, R = d.shape
+    out = np.zeros((B, R), dtype=d.dtype)
     m = d.dtype.type(margin)
-    grad = np.broadcast_to(grad, (B, B))
+    grad = np.broadcast_to(grad, (B, R))
     for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
         gb, ob = grad[blk], out[blk]
         ob[...] = np.where(pos[blk], gb * count[blk], 0)  # blocks without a term stay 0
@@ -144,7 +144,7 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
             W = np.zeros((rows, kmax), dtype=d.dtype)
             T[r, slot] = thr
             W[r, slot] = w
-            acc = np.zeros((rows, B), dtype=d.dtype)
+            acc = np.zeros((rows, R), dtype=d.dtype)
             tmp = np.empty_like(acc)
             hit = np.empty(acc.shape, dtype=bool)
             for k in range(kmax):

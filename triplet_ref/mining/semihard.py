@@ -41,7 +41,7 @@ def choose(ctx, d, neg, term):
     largest = be.take_rows(xp, srt, last[:, None])
     first_largest = xp.astype(be.searchsorted_rows(xp, srt, largest, side="left"), idt)
     pos_sorted = xp.where(semihard, first_greater, first_largest)
-    pos_sorted = xp.minimum(pos_sorted, xp.asarray(B - 1, dtype=idt, device=ctx.device))
+    pos_sorted = xp.minimum(pos_sorted, xp.asarray(d.shape[1] - 1, dtype=idt, device=ctx.device))
     return be.take_rows(xp, order, pos_sorted), semihard
 
 
@@ -51,9 +51,9 @@ def choose(ctx, d, neg, term):
 def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
     """The semi-hard negative of every term ``(a, p)``: ``(chosen, semihard)``, both
     (B, B); ``chosen`` is 0 off-term, ``semihard`` says whether the strict rule chose."""
-    B = d.shape[0]
-    chosen = np.zeros((B, B), dtype=np.int64)
-    semi = np.zeros((B, B), dtype=bool)
+    B, R = d.shape  # R = B, or the size of a reference set
+    chosen = np.zeros((B, R), dtype=np.int64)
+    semi = np.zeros((B, R), dtype=bool)
     for blk, r, c, db, nb, slot, kmax in _term_blocks(d, term, neg):
         rows = db.shape[0]
         if kmax <= _SMALL_K:
@@ -97,7 +97,7 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
         last = np.maximum(nneg - 1, 0)
         first_largest = bsearch(srt, rows, srt[rows, last], "left")
         at = np.where(strict, k, first_largest[r])
-        chosen[blk][r, c] = order[r, np.minimum(at, B - 1)]
+        chosen[blk][r, c] = order[r, np.minimum(at, R - 1)]
         semi[blk][r, c] = strict
     return chosen, semi
 
