@@ -4,7 +4,7 @@ batch of a data-parallel run.
 Every batch loss calls :func:`prepare_pairs` instead of ``prepare``.  It returns a
 :class:`Pairs`: the ``(B, R)`` distances from the anchors (the rows of ``embeddings``) to
 the candidates, the positive and negative masks, and the communicator whose ``sum`` turns
-a local partial sum into the global one (the identity on one process).
+a local partial sum into the global one (None on one process).
 
 * no reference, no group: the candidates are the batch (``R = B``), ``(a, a)`` is not a pair;
 * ``ref_embeddings`` / ``ref_labels``: the candidates are the reference rows, no pair is
@@ -25,18 +25,6 @@ from ..distances import METRICS, cross_distance_matrix
 from ._common import REDUCTIONS, as_float, prepare, safe_divide, scalar
 
 
-class _Local:
-    """One process: sums are already global."""
-
-    world = 1
-
-    def sum(self, ctx, x):
-        return x
-
-
-LOCAL = _Local()
-
-
 @dataclass
 class Pairs:
     ctx: Context
@@ -45,16 +33,16 @@ class Pairs:
     pos: Any          # (B, R) bool: positive pairs (same label, not the same sample)
     neg: Any          # (B, R) bool: negative pairs (different label)
     margin: Any
-    comm: Any = LOCAL  # .sum(ctx, partial) -> global sum
+    comm: Any = None  # .sum(ctx, partial) -> global sum (None: one process)
     same: Any = None   # (B, R) bool: the pair is the anchor itself (None: no such pair)
     nan_src: Any = None  # an array whose NaN-ness decides the loss's (default: x)
 
     @property
     def distributed(self) -> bool:
-        return self.comm is not LOCAL
+        return self.comm is not None
 
     def global_sum(self, v):
-        return self.comm.sum(self.ctx, v)
+        return v if self.comm is None else self.comm.sum(self.ctx, v)
 
     def not_same(self):
         """(B, R) bool: every pair but the anchor itself."""
