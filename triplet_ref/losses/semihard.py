@@ -5,7 +5,7 @@ from typing import Any
 
 from ..mining import run
 from ..mining.semihard import CHOICE
-from ._common import as_float, count_true, finish, hinge, safe_divide, scalar
+from ._common import as_float, count_dtype, count_true, finish, hinge, safe_divide, scalar
 from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_semihard"]
@@ -79,7 +79,7 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
         num_terms_g = gsum(num_terms)
         info = {
             "semihard_negative": xp.where(term, chosen, minus1),
-            "num_valid": gsum(count_true(ctx, term)),
+            "num_valid": gsum(count_true(ctx, term, dtype=count_dtype(ctx, max(d.shape) ** 2))),
             "fraction_positive": ctx.finish(safe_divide(
                 ctx, gsum(xp.sum(as_float(ctx, term & (per_pair > zero)))), num_terms_g)),
             "fraction_semihard": ctx.finish(safe_divide(
