@@ -164,6 +164,14 @@ def float_dtype_of(xp, x):
     return x.dtype
 
 
+def _torch_compiling() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None) if torch is not None else None
+    return bool(compiler is not None and compiler.is_compiling())
+
+
 def _check_margin(margin: Any) -> None:
     if isinstance(margin, bool) or isinstance(margin, (str, bytes)):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
@@ -173,6 +181,8 @@ def _check_margin(margin: Any) -> None:
             raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
         if tuple(shape) != ():
             raise ValueError(f"margin: expected a scalar, got an array of shape {tuple(shape)}")
+    if _torch_compiling():  # a tensor margin under torch.compile is traced: not checkable here
+        return
     try:
         value = float(margin.detach() if hasattr(margin, "detach") else margin)
     except Exception:  # a 0-d value traced under jit: it cannot be checked here
