@@ -5,7 +5,7 @@ from typing import Any
 
 from ..mining import run
 from ..mining.batch_all import HINGE, SOFT
-from ._common import as_float, count_true, finish, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_dtype, count_true, finish, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_all"]
 
@@ -50,10 +50,13 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     loss = reduce(ctx, per_pair, num_pos_f, reduction)
     info = None
     if return_info:
+        # the triplet counts grow like B³: int64, or float32 where the backend has no
+        # 64-bit integer (JAX's 32-bit mode), never a 32-bit sum that wraps around
+        cdt = count_dtype(ctx)
         npos = count_true(ctx, pos, axis=1)
         nneg = count_true(ctx, neg, axis=1)
-        num_valid = xp.sum(npos * nneg)
-        total_pos = xp.sum(xp.astype(num_positive, idt))
+        num_valid = xp.sum(xp.astype(npos * nneg, cdt))  # each row's product < B² fits
+        total_pos = xp.sum(xp.astype(num_positive, cdt))
         info = {
             "num_valid": num_valid,
             "num_positive": total_pos,
