@@ -147,8 +147,9 @@ def test_triplet_ref_conforms_on_jax_with_gradients():
 @pytest.mark.slow
 @pytest.mark.parametrize("loss, soft, metric", _OWN)
 def test_triplet_ref_conforms_on_jax_every_loss(loss, soft, metric):
-    pytest.importorskip("jax")
-    assert_loss_conforms(_own(loss, 0.3, soft, metric), loss, backend="jax", margin=0.3, metric=metric, soft=soft)
+    jax = pytest.importorskip("jax")
+    assert_loss_conforms(jax.jit(_own(loss, 0.3, soft, metric)), loss, backend="jax", margin=0.3,
+                         metric=metric, soft=soft)
 
 
 def test_assert_loss_conforms_raises_with_the_report():
@@ -285,8 +286,7 @@ def test_plain_loops_implementation_conforms():
     assert_loss_conforms(lambda y, x: _loops_batch_hard(y, x, 1.0), "batch_hard", backend="numpy")
 
 
-@pytest.mark.slow
-def test_dense_jax_implementation_conforms_with_gradients():
+def _jax_batch_all(naive_sqrt=False, mean_all_valid=False):
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
@@ -294,17 +294,31 @@ def test_dense_jax_implementation_conforms_with_gradients():
     def batch_all(y, x):
         diff = x[:, None, :] - x[None, :, :]
         d2 = (diff * diff).sum(-1)
-        safe = jnp.where(d2 > 0, d2, 1.0)
-        d = jnp.where(d2 > 0, jnp.sqrt(safe), 0.0)
+        if naive_sqrt:
+            d = jnp.sqrt(d2)
+        else:
+            safe = jnp.where(d2 > 0, d2, 1.0)
+            d = jnp.where(d2 > 0, jnp.sqrt(safe), 0.0)
         same = y[:, None] == y[None, :]
         pos, neg = same & ~jnp.eye(len(y), dtype=bool), ~same
         valid = pos[:, :, None] & neg[:, None, :]
         lv = jnp.where(valid, jax.nn.relu(d[:, :, None] - d[:, None, :] + 1.0), 0.0)
-        n = (lv > 0).sum()
+        n = valid.sum() if mean_all_valid else (lv > 0).sum()
         out = jnp.where(n > 0, lv.sum() / jnp.maximum(n, 1), 0.0)
         return jnp.where(jnp.isnan(x).any(), jnp.nan, out)
 
-    assert_loss_conforms(batch_all, "batch_all", backend="jax")
+    return batch_all
+
+
+@pytest.mark.slow
+def test_dense_jax_implementation_conforms_with_gradients():
+    assert_loss_conforms(_jax_batch_all(), "batch_all", backend="jax")
+
+
+def test_jax_implementation_with_two_mistakes_is_flagged_with_both():
+    rep = check_loss(_jax_batch_all(naive_sqrt=True, mean_all_valid=True), "batch_all", backend="jax")
+    assert rep.variant_keys == ("mean_all_valid", "nan_grad_zero_distance"), str(rep)
+    assert not rep.ambiguous
 
 
 # each classic mistake, alone: (loss, kwargs of the torch impl, check_loss kwargs, expected names)
@@ -385,8 +399,8 @@ def test_strategies_drive_a_differential_fuzz_against_the_oracle():
 
     from triplet_ref.testing import strategies as S
 
-    @settings(max_examples=25, deadline=None, derandomize=True)
-    @given(S.batches(max_size=12))
+    @settings(max_examples=15, deadline=None, derandomize=True)
+    @given(S.batches(max_size=10))
     def prop(batch):
         y, x = batch
         assert x.shape[0] == y.shape[0] and x.dtype == np.float64
@@ -424,3 +438,13 @@ def test_embedding_kinds():
 
     with pytest.raises(ValueError, match="kind"):
         bad()
+
+
+def test_gradient_check_without_float64():
+    # a backend without float64 (JAX without x64) still gets the finite-difference check, in
+    # float32 with float32 tolerances: a detached hardest negative is caught
+    impl = _torch_impls()["batch_hard"]
+    rep = check_loss(lambda y, x: impl(y, x, 1.0, detach_neg=True), "batch_hard", backend="torch",
+                     dtypes=("float32",))
+    assert rep.variant_keys == ("grad_mismatch",), str(rep)
+    assert [f.dtype for f in rep.findings] == ["float32"]
