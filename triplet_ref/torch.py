@@ -26,7 +26,10 @@ framework. Each module calls the function of the same name, so its value, gradie
 active hinge terms over the mean's denominator (for contrastive, the mean of the negative
 pairs' ``max(m − e, 0)``). This gradient is never negative, so minimising the loss alone
 drives the margin down to 0 (where the clamp stops it): train it with its own objective or
-regulariser.
+regulariser. Under ``torch.compile(fullgraph=True)`` a learnable margin works for
+``BatchHardLoss``, ``BatchSemiHardLoss`` and ``BatchContrastiveLoss`` (tested, ``--runslow``);
+``BatchAllLoss`` with a tensor margin does not compile yet (its CPU kernel is a custom op that
+takes the margin as a ``float``).
 """
 from __future__ import annotations
 
