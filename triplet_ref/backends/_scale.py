@@ -188,3 +188,24 @@ def _varying(aval) -> set:
         mat = getattr(aval, "manual_axis_type", None)
         vma = getattr(mat, "varying", None)
     return set(vma or ())
+
+
+def checkpoint(be, f, *args):
+    """``f(*args)`` whose intermediates are not kept for the backward, which recomputes
+    them (torch: non-reentrant ``torch.utils.checkpoint``; JAX: ``jax.checkpoint``).
+    Without autodiff, or when nothing needs a gradient, a plain call."""
+    if be.name == "torch":
+        import torch
+
+        if torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in args):
+            from torch.utils.checkpoint import checkpoint as ckpt
+
+            return ckpt(f, *args, use_reentrant=False)
+        return f(*args)
+    if be.name == "jax":
+        import jax
+
+        if any(isinstance(a, jax.core.Tracer) for a in args):  # under jit / grad
+            return jax.checkpoint(f)(*args)
+        return f(*args)  # eager: nothing is kept for a backward
+    return f(*args)

@@ -36,10 +36,16 @@ class Pairs:
     comm: Any = None  # .sum(ctx, partial) -> global sum (None: one process)
     same: Any = None   # (B, R) bool: the pair is the anchor itself (None: no such pair)
     nan_src: Any = None  # an array whose NaN-ness decides the loss's (default: x)
+    n_same: int = -1   # pairs excluded as the anchor itself (-1: one per anchor, the batch)
 
     @property
     def distributed(self) -> bool:
         return self.comm is not None
+
+    def num_pairs(self) -> int:
+        """The number of (anchor, candidate) pairs that are not the anchor itself."""
+        B, R = self.d.shape
+        return B * R - (B if self.n_same < 0 else self.n_same)
 
     def global_sum(self, v):
         return v if self.comm is None else self.comm.sum(self.ctx, v)
@@ -84,7 +90,10 @@ def resolve_reference(ctx: Context, x, ref_embeddings: Any, ref_labels: Any, *, 
 def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: str,
                   backend: Any, ref_embeddings: Any = None, ref_labels: Any = None,
                   process_group: Any = None, axis_name: Any = None) -> Pairs:
-    """Validate the arguments and build the :class:`Pairs` of one call."""
+    """Validate the arguments and build the :class:`Pairs` of one call (a
+    ``process_group`` that is a :class:`_Block` is one row block of a :func:`chunked` call)."""
+    if isinstance(process_group, _Block):
+        return _block_pairs(labels, embeddings, margin, metric, backend, process_group)
     has_ref = ref_embeddings is not None or ref_labels is not None
     has_group = process_group is not None
     has_axis = axis_name is not None
@@ -108,7 +117,7 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
         eq = y[:, None] == ry[None, :]
         bad = xp.any(xp.isnan(x)) | xp.any(xp.isnan(r))
         nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
-        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src)
+        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
 
     from ..backends._scale import communicator
 
@@ -130,6 +139,25 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     return Pairs(ctx, x, d, eq & ~same, ~eq, margin, comm=comm, same=same, nan_src=nan_src)
 
 
+def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -> Pairs:
+    ctx, x, y = resolve(embeddings, labels, backend)
+    xp = ctx.xp
+    X, Y = block.X, block.Y
+    d = cross_distance_matrix(ctx, x, X, metric)
+    eq = y[:, None] == Y[None, :]
+    nan = xp.any(xp.isnan(x)) | xp.any(xp.isnan(X))
+    nan_src = xp.where(nan, scalar(ctx, float("nan")), scalar(ctx, 0))
+    if not block.exclude_self:
+        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
+    B, R = d.shape
+    idt = block.offset.dtype
+    rows = xp.arange(B, dtype=idt, device=ctx.device)
+    cols = xp.arange(R, dtype=idt, device=ctx.device)
+    same = cols[None, :] == (rows + block.offset)[:, None]
+    d = xp.where(same, scalar(ctx, 0), d)
+    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
+
+
 def reduce_pairs(P: Pairs, per_term, count, reduction: str):
     """``sum`` → Σ, ``mean`` → Σ / count (0 when count is 0), ``none`` → the local array;
     Σ and count are global sums in a distributed call (equal on every rank)."""
@@ -140,3 +168,120 @@ def reduce_pairs(P: Pairs, per_term, count, reduction: str):
     if reduction == "sum":
         return total
     return safe_divide(ctx, total, P.global_sum(as_float(ctx, count)))
+
+
+# --- bounded memory: anchors in row blocks ---------------------------------------------
+class _Block:
+    """The candidates of one row block of a chunked call: the whole batch (or reference
+    set) with this block's first row at ``offset``; sums stay per block (``chunked``
+    adds the blocks up)."""
+
+    def __init__(self, X, Y, offset, same: bool):
+        self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
+
+    def gather(self, ctx, x, y):
+        return self.X, self.Y, self.offset
+
+    def sum(self, ctx, v):
+        return v
+
+
+def check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size: expected None or a positive int, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+
+
+def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, return_info: bool,
+            backend: Any, chunk_size: int, ref_embeddings: Any = None, ref_labels: Any = None,
+            process_group: Any = None, axis_name: Any = None, **options):
+    """``fn`` (a batch loss) on row blocks of ``chunk_size`` anchors, added up.
+
+    Each block mines its anchors against the whole batch (its own rows excluded as the
+    same sample) or against the reference set; only the block's ``(chunk_size, R)``
+    arrays are alive at a time.  The block's computation is checkpointed (torch
+    ``torch.utils.checkpoint``, JAX ``jax.checkpoint``): the backward recomputes it
+    block by block instead of keeping every block's intermediates.  ``"mean"`` is the
+    sum of the blocks' sums over the sum of their counts; ``"none"`` and the info index
+    arrays are the blocks' rows concatenated.
+    """
+    from ..backends._scale import checkpoint
+
+    check_chunk_size(chunk_size)
+    if process_group is not None or axis_name is not None:
+        raise ValueError("chunk_size cannot be combined with process_group/axis_name (yet): "
+                         "each rank already holds only B_local × B_global")
+    check_choice(reduction, "reduction", REDUCTIONS)
+    check_margin(margin)
+    ctx, x, y = resolve(embeddings, labels, backend)
+    xp = ctx.xp
+    if ref_embeddings is not None or ref_labels is not None:
+        X, Y = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+        self_ref = False
+    else:
+        X, Y = x, y
+        self_ref = True
+    B = x.shape[0]
+    idt = ctx.backend.index_dtype(xp)
+    sums, counts, blocks = [], [], []
+    for s in range(0, B, chunk_size):
+        e = min(B, s + chunk_size)
+
+        def block(x_all, X_all, s=s, e=e):
+            cand = x_all if self_ref else X_all
+            comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
+            return fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
+                      return_info=True, process_group=comm, **options)
+
+        out, info = checkpoint(ctx.backend, block, x, X)
+        blocks.append((out, info))
+    zero = scalar(ctx, 0)
+    if reduction == "none":
+        loss = xp.concat([o for o, _ in blocks], axis=0)
+    else:
+        total = blocks[0][0]
+        for o, _ in blocks[1:]:
+            total = total + o
+        loss = total
+    info = _merge_info(ctx, [i for _, i in blocks])
+    if reduction == "mean":
+        key = "num_positive" if "num_positive" in info else "num_valid"
+        loss = safe_divide(ctx, loss, as_float(ctx, info[key]))
+    loss = ctx.finish(loss)
+    return (loss, info) if return_info else loss
+
+
+def _merge_info(ctx, infos):
+    """The info of the whole batch from its blocks': counts added, index arrays
+    concatenated, fractions and means weighted by their block's ``num_valid``."""
+    xp = ctx.xp
+    out = {}
+    nv = [as_float(ctx, i["num_valid"]) for i in infos]
+    nv_total = nv[0]
+    for v in nv[1:]:
+        nv_total = nv_total + v
+    for key, first in infos[0].items():
+        vals = [i[key] for i in infos]
+        if key.startswith(("fraction_", "mean_")):
+            if key == "fraction_positive" and "num_positive" in infos[0]:
+                continue  # batch_all: from its counts below
+            acc = as_float(ctx, vals[0]) * nv[0]
+            for v, w in zip(vals[1:], nv[1:]):
+                acc = acc + as_float(ctx, v) * w
+            out[key] = ctx.finish(safe_divide(ctx, acc, nv_total))
+        elif first.ndim >= 1:
+            out[key] = xp.concat(vals, axis=0)
+        else:
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = acc + v
+            # a count that does not depend on the data may come back from jax.checkpoint
+            # as a NumPy scalar: keep every entry an array of the backend
+            out[key] = xp.asarray(acc, device=ctx.device)
+    if "num_positive" in out:
+        out["fraction_positive"] = ctx.finish(safe_divide(
+            ctx, as_float(ctx, out["num_positive"]), as_float(ctx, out["num_valid"])))
+    return {k: out[k] for k in infos[0]}

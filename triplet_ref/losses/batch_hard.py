@@ -12,7 +12,8 @@ __all__ = ["batch_hard"]
 def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
                soft: bool = False, reduction: str = "mean", return_info: bool = False,
                backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,
-               process_group: Any = None, axis_name: Any = None):
+               process_group: Any = None, axis_name: Any = None,
+               chunk_size: int | None = None):
     """Batch-hard triplet loss: each anchor's hardest positive against its hardest negative.
 
     An anchor ``a`` is *valid* when it has at least one positive and one negative. For a
@@ -51,11 +52,20 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
         ``"sum"`` and the info counts are those of the single-process loss on the
         concatenated batch, on every rank; ``"none"`` is this rank's rows against the
         global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
 
     Returns:
       0-d array (``(B,)`` for ``reduction="none"``) of the embeddings' dtype, on their
       device; with ``return_info``, ``(loss, info)``.
     """
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_hard, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name, metric=metric, soft=soft)
     P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
     ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin

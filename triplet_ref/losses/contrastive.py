@@ -26,7 +26,7 @@ def _pair_terms(ctx, e2, e, same, m):
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
                       reduction: str = "mean", return_info: bool = False, backend: Any = None,
                       ref_embeddings: Any = None, ref_labels: Any = None, process_group: Any = None,
-                      axis_name: Any = None):
+                      axis_name: Any = None, chunk_size: int | None = None):
     """Contrastive loss over every ordered pair ``(i, j)``, ``i != j``, of the batch.
 
     With ``e = ||x_i - x_j||_2`` (always euclidean)::
@@ -51,7 +51,16 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
         ``"sum"`` and the info counts are those of the single-process loss on the
         concatenated batch, on every rank; ``"none"`` is this rank's rows against the
         global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
     """
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_contrastive, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name)
     P = prepare_pairs(labels, embeddings, margin, "sqeuclidean", reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
     ctx, x, d2, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
@@ -61,12 +70,9 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     zero = scalar(ctx, 0)
     per_pair = xp.where(pos | neg, half * _pair_terms(ctx, d2, e, pos, m), zero)
     B, R = d2.shape
-    if P.same is not None:
-        count = scalar(ctx, B * (R - 1))  # the global batch: every pair but the anchor's own
-    elif ref_embeddings is not None:
-        count = scalar(ctx, B * R)  # a reference set: every pair
-    else:
-        count = scalar(ctx, B * (B - 1))  # the batch itself: every pair but the diagonal
+    # every pair but the anchor itself: B(B − 1) for the batch, B·R against a reference
+    # set, B_local·(B_global − 1) per rank of a global batch
+    count = scalar(ctx, P.num_pairs())
     loss = reduce_pairs(P, per_pair, count, reduction)
     info = None
     if return_info:
