@@ -233,8 +233,11 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
         def block(x_all, X_all, s=s, e=e):
             cand = x_all if self_ref else X_all
             comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
-            return fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
-                      return_info=True, process_group=comm, **options)
+            out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
+                           return_info=True, process_group=comm, **options)
+            if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
+                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
+            return out, info
 
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
@@ -281,7 +284,7 @@ def _merge_info(ctx, infos):
             # a count that does not depend on the data may come back from jax.checkpoint
             # as a NumPy scalar: keep every entry an array of the backend
             out[key] = xp.asarray(acc, device=ctx.device)
-    if "num_positive" in out:
+    if "num_positive" in out and "fraction_positive" in infos[0]:
         out["fraction_positive"] = ctx.finish(safe_divide(
             ctx, as_float(ctx, out["num_positive"]), as_float(ctx, out["num_valid"])))
     return {k: out[k] for k in infos[0]}
