@@ -453,3 +453,58 @@ def test_gradient_check_without_float64():
                      dtypes=("float32",))
     assert rep.variant_keys == ("grad_mismatch",), str(rep)
     assert [f.dtype for f in rep.findings] == ["float32"]
+
+
+# --- TensorFlow peers, transcribed ----------------------------------------------------------
+# TensorFlow is not a dependency: TF-Addons' triplet_semihard_loss (and tf.contrib's, which is
+# the same code on squared distances) transcribed line by line into torch from
+# tensorflow_addons/losses/triplet.py and metric_learning.py, to check the prose rows of
+# docs/semantics.md about them with the kit.
+
+def _tfa_semihard(squared):
+    torch = pytest.importorskip("torch")
+
+    def pairwise_distance(e):
+        sq = (e * e).sum(1, keepdim=True)
+        pds = torch.clamp(sq + sq.T - 2.0 * e @ e.T, min=0.0)
+        error_mask = pds <= 0.0
+        d = pds if squared else torch.sqrt(pds + error_mask.to(e.dtype) * 1e-16)
+        d = d * (~error_mask).to(e.dtype)
+        return d * (1.0 - torch.eye(e.shape[0], dtype=e.dtype))
+
+    def masked_maximum(data, mask):
+        mins = data.min(1, keepdim=True).values
+        return ((data - mins) * mask).max(1, keepdim=True).values + mins
+
+    def masked_minimum(data, mask):
+        maxs = data.max(1, keepdim=True).values
+        return ((data - maxs) * mask).min(1, keepdim=True).values + maxs
+
+    def loss(y, e, margin=1.0):
+        b = y.shape[0]
+        labels = y.reshape(-1, 1)
+        pdist = pairwise_distance(e)
+        adjacency = labels == labels.T
+        adjacency_not = ~adjacency
+        tile = pdist.repeat(b, 1)
+        mask = adjacency_not.repeat(b, 1) & (tile > pdist.T.reshape(-1, 1))
+        mask_final = (mask.to(e.dtype).sum(1, keepdim=True) > 0.0).reshape(b, b).T
+        outside = masked_minimum(tile, mask.to(e.dtype)).reshape(b, b).T
+        inside = masked_maximum(pdist, adjacency_not.to(e.dtype)).repeat(1, b)
+        semi = torch.where(mask_final, outside, inside)
+        loss_mat = margin + pdist - semi
+        mask_pos = adjacency.to(e.dtype) - torch.eye(b, dtype=e.dtype)
+        return torch.clamp(loss_mat * mask_pos, min=0.0).sum() / mask_pos.sum()
+
+    return loss
+
+
+@pytest.mark.parametrize("squared, expected", [
+    (False, ("empty_nan", "no_negative_counted")),             # TF-Addons
+    (True, ("squared", "empty_nan", "no_negative_counted")),   # tf.contrib
+])
+def test_transcribed_tf_semihard_shows_the_documented_rows(squared, expected):
+    rep = check_loss(_tfa_semihard(squared), "batch_semihard", backend="torch", dtypes=("float64",),
+                     grad=False)
+    assert rep.variant_keys == expected, str(rep)
+    assert not rep.ambiguous, str(rep)
