@@ -13,7 +13,7 @@ NEEDS = {"jax": "jax", "torch": "torch"}
 
 
 def test_the_page_has_its_snippets():
-    assert len(SNIPPETS) == 5
+    assert len(SNIPPETS) == 6
 
 
 @pytest.mark.parametrize("i", range(len(SNIPPETS)))
