@@ -170,6 +170,14 @@ def float_dtype_of(xp, x):
     return x.dtype
 
 
+def _torch_compiling() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None) if torch is not None else None
+    return bool(compiler is not None and compiler.is_compiling())
+
+
 def _check_margin(margin: Any) -> None:
     if isinstance(margin, (bool, np.bool_)) or isinstance(margin, (str, bytes)):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
@@ -184,6 +192,8 @@ def _check_margin(margin: Any) -> None:
         kind = str(getattr(margin, "dtype", "")).lower()
         if "bool" in kind or "complex" in kind or not any(k in kind for k in ("float", "int")):
             raise TypeError(f"margin: expected a real scalar, got dtype {getattr(margin, 'dtype', None)}")
+    if not isinstance(margin, numbers.Real) and _torch_compiling():
+        return  # a tensor margin under torch.compile is traced: not checkable here
     try:
         value = float(margin.detach() if hasattr(margin, "detach") else margin)
     except Exception:  # a 0-d value traced under jit: it cannot be checked here
