@@ -165,18 +165,18 @@ def examples(draw, case: FuzzCase, slow: bool):
 
 
 # ------------------------------------------------------------------------------ bounds
-def _delta(ex: Example, dtype: str, metric: str, d: np.ndarray) -> float:
-    """Largest distance error ``δ`` allowed for this data (docs/semantics.md)."""
+def _delta(ex: Example, dtype: str, metric: str, d: np.ndarray) -> np.ndarray:
+    """Per-pair bound ``δ_ij`` on a distance's error for this data (docs/semantics.md)."""
     eps = float(np.finfo(dtype).eps)
     s = float(np.max(np.abs(ex.x))) if ex.x.size else 0.0
     s = max(s, float(np.finfo(dtype).tiny))
     E = 64 * eps * s * s * max(1, ex.x.shape[1])
+    dd = np.where(np.isfinite(d), d, 0.0)
     if metric == "cosine":
-        return 64 * eps
+        return np.full(d.shape, 64 * eps)
     if metric == "sqeuclidean":
-        return E + 16 * eps * float(np.max(d, initial=0.0))
-    dd = d[np.isfinite(d)]
-    return float(np.max(np.sqrt(dd * dd + E) - dd + 16 * eps * dd, initial=math.sqrt(E)))
+        return E + 16 * eps * dd
+    return np.sqrt(dd * dd + E) - dd + 16 * eps * dd
 
 
 def _arith(dtype: str, n_terms: int, magnitude: float) -> float:
@@ -261,7 +261,7 @@ _ONLINE = [
 ]
 
 
-def _check_batch_all(case, ex, xb, d, delta, soft):
+def _check_batch_all(case, ex, xb, d, delta, dm, soft):
     y, m, kw = ex.labels, ex.margin, {"metric": ex.metric, "soft": soft}
     b = len(y)
     same = y[:, None] == y[None, :]
@@ -270,7 +270,7 @@ def _check_batch_all(case, ex, xb, d, delta, soft):
     args = (d[:, :, None] - d[:, None, :] + m)  # (a, p, n)
     valid = pos[:, :, None] & neg[:, None, :]
     n_valid = int(valid.sum())
-    ambiguous = int((valid & (np.abs(args) <= 2 * delta)).sum()) if not soft else 0
+    ambiguous = int((valid & (np.abs(args) <= dm[:, :, None] + dm[:, None, :])).sum()) if not soft else 0
     dmax = float(np.max(d, initial=0.0)) + m
     term_tol = 2 * delta + _arith(case.dtype, b, dmax)
     want_sum = O.batch_all(y, ex.x, m, reduction="sum", **kw)
@@ -290,7 +290,7 @@ def _check_batch_all(case, ex, xb, d, delta, soft):
     _close(none, want_none, b * term_tol + _arith(case.dtype, b, dmax), "batch_all none")
 
 
-def _check_batch_hard(case, ex, xb, d, delta, soft):
+def _check_batch_hard(case, ex, xb, d, delta, dm, soft):
     y, m, kw = ex.labels, ex.margin, {"metric": ex.metric, "soft": soft}
     b = len(y)
     same = y[:, None] == y[None, :]
@@ -315,13 +315,16 @@ def _check_batch_hard(case, ex, xb, d, delta, soft):
             if g[a] == w[a]:
                 continue
             cand = d[a][mask[a]]
-            if valid[a] and mask[a][g[a]] and abs(d[a, g[a]] - best(cand)) <= 2 * delta:
+            if valid[a] and mask[a][g[a]] and abs(d[a, g[a]] - d[a, w[a]]) <= dm[a, g[a]] + dm[a, w[a]]:
                 STATS["explained_index_tie"] += 1
                 continue
             raise Mismatch(f"batch_hard {key}[{a}]: got {g[a]} want {w[a]} (d {d[a, g[a]]} vs {d[a, w[a]]})")
     hp = np.where(valid, d[np.arange(b), np.maximum(oinfo["hardest_positive"], 0)], 0)
     hn = np.where(valid, d[np.arange(b), np.maximum(oinfo["hardest_negative"], 0)], 0)
-    amb = int((valid & (np.abs(hp - hn + m) <= 2 * delta)).sum()) if not soft else 0
+    ar = np.arange(b)
+    dhp = dm[ar, np.maximum(oinfo["hardest_positive"], 0)]
+    dhn = dm[ar, np.maximum(oinfo["hardest_negative"], 0)]
+    amb = int((valid & (np.abs(hp - hn + m) <= dhp + dhn)).sum()) if not soft else 0
     nv = max(int(valid.sum()), 1)
     _count_close(_np(case, info["fraction_positive"]) * nv, oinfo["fraction_positive"] * nv, amb + 1e-3,
                  "batch_hard fraction_positive", "hinge_boundary")
@@ -329,7 +332,7 @@ def _check_batch_hard(case, ex, xb, d, delta, soft):
         _close(_np(case, info[key]), oinfo[key], delta + _arith(case.dtype, b, dmax), f"batch_hard {key}")
 
 
-def _check_semihard(case, ex, xb, d, delta):
+def _check_semihard(case, ex, xb, d, delta, dm):
     y, m, kw = ex.labels, ex.margin, {"metric": ex.metric}
     b = len(y)
     same = y[:, None] == y[None, :]
@@ -340,11 +343,11 @@ def _check_semihard(case, ex, xb, d, delta):
     # the largest negative distance while the fallback is close to applying
     amb = np.zeros((b, b), dtype=bool)
     for a in range(b):
-        dn = d[a][neg[a]]
+        dn, dmn = d[a][neg[a]], dm[a][neg[a]]
         if dn.size == 0:
             continue
         for p in np.nonzero(term[a])[0]:
-            amb[a, p] = bool(np.any(np.abs(dn - d[a, p]) <= 2 * delta))
+            amb[a, p] = bool(np.any(np.abs(dn - d[a, p]) <= dmn + dm[a, p]))
     dmax = float(np.max(d, initial=0.0)) + m
     tol = 2 * delta + _arith(case.dtype, b, dmax)
     none = _np(case, tr.batch_semihard(y, xb, m, reduction="none", **kw))
@@ -372,18 +375,20 @@ def _check_semihard(case, ex, xb, d, delta):
         a, p = np.argwhere(diff)[0]
         # equal distances (an exact tie between two negatives) pick by index: only a
         # near-tie of the chosen negatives' distances explains a different index
-        if not abs(d[a, g[a, p]] - d[a, w[a, p]]) <= 2 * delta:
+        if not abs(d[a, g[a, p]] - d[a, w[a, p]]) <= dm[a, g[a, p]] + dm[a, w[a, p]]:
             raise Mismatch(f"batch_semihard semihard_negative[{a}, {p}]: got {g[a, p]} want {w[a, p]}")
         STATS["explained_index_tie"] += 1
-    hinge_amb = int((term & ~amb & (np.abs(np.where(term, d - d[np.arange(b)[:, None], np.maximum(w, 0)] + m, 1))
-                                      <= 2 * delta)).sum())
+    wi = np.maximum(w, 0)
+    dw = d[np.arange(b)[:, None], wi]
+    hinge_amb = int((term & ~amb & (np.abs(np.where(term, d - dw + m, 1))
+                                      <= dm + dm[np.arange(b)[:, None], wi])).sum())
     _count_close(_np(case, info["fraction_positive"]) * max(nterms, 1), oinfo["fraction_positive"] * max(nterms, 1),
                  n_amb + hinge_amb + 1e-3, "batch_semihard fraction_positive", "hinge_boundary")
     _count_close(_np(case, info["fraction_semihard"]) * max(nterms, 1), oinfo["fraction_semihard"] * max(nterms, 1),
                  n_amb + 1e-3, "batch_semihard fraction_semihard", "semihard_tie")
 
 
-def _check_contrastive(case, ex, xb, e, delta):
+def _check_contrastive(case, ex, xb, e, delta, dm):
     y, m = ex.labels, ex.margin_e
     b = len(y)
     same = y[:, None] == y[None, :]
@@ -399,7 +404,7 @@ def _check_contrastive(case, ex, xb, e, delta):
     want, oinfo = O.batch_contrastive(y, ex.x, m, return_info=True)
     _close(_np(case, got), want, tol, "batch_contrastive mean")
     _count_close(_np(case, info["num_valid"]), oinfo["num_valid"], 0, "batch_contrastive num_valid", "none")
-    amb = int((off & ((same & (e <= delta)) | (~same & (np.abs(m - e) <= delta)))).sum())
+    amb = int((off & ((same & (e <= dm)) | (~same & (np.abs(m - e) <= dm)))).sum())
     _count_close(_np(case, info["fraction_positive"]) * max(n, 1), oinfo["fraction_positive"] * max(n, 1),
                  amb + 1e-3 * max(1, n / 1000), "batch_contrastive fraction_positive", "hinge_boundary")
 
@@ -435,14 +440,15 @@ def check_example(case: FuzzCase, ex: Example) -> None:
     xb = be.from_numpy(ex.x, dtype=case.dtype)
     d = O.pairwise_distances(ex.x, metric=ex.metric)
     e = d if ex.metric == "euclidean" else O.pairwise_distances(ex.x, metric="euclidean")
-    delta = _delta(ex, case.dtype, ex.metric, d)
-    delta_e = _delta(ex, case.dtype, "euclidean", e)
-    _check_batch_all(case, ex, xb, d, delta, soft=False)
-    _check_batch_all(case, ex, xb, d, delta, soft=True)
-    _check_batch_hard(case, ex, xb, d, delta, soft=False)
-    _check_batch_hard(case, ex, xb, d, delta, soft=True)
-    _check_semihard(case, ex, xb, d, delta)
-    _check_contrastive(case, ex, xb, e, delta_e)
+    dm = _delta(ex, case.dtype, ex.metric, d)
+    dm_e = _delta(ex, case.dtype, "euclidean", e)
+    delta, delta_e = float(dm.max()), float(dm_e.max())
+    _check_batch_all(case, ex, xb, d, delta, dm, soft=False)
+    _check_batch_all(case, ex, xb, d, delta, dm, soft=True)
+    _check_batch_hard(case, ex, xb, d, delta, dm, soft=False)
+    _check_batch_hard(case, ex, xb, d, delta, dm, soft=True)
+    _check_semihard(case, ex, xb, d, delta, dm)
+    _check_contrastive(case, ex, xb, e, delta_e, dm_e)
     _check_explicit(case, ex, xb, delta, delta_e)
 
 
