@@ -85,3 +85,11 @@ def test_chunk_size_bad_input():
         tr.batch_all(Y, X, chunk_size=2.0)
     with pytest.raises(ValueError, match="chunk_size cannot be combined"):
         tr.batch_semihard(Y, X, chunk_size=2, axis_name="i")
+
+
+def test_chunked_torch_double_backward_raises():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(X, requires_grad=True)
+    loss = tr.batch_hard(torch.as_tensor(Y), x, 0.6, chunk_size=4)
+    with pytest.raises(RuntimeError, match="first-order"):
+        torch.autograd.grad(loss, x, create_graph=True)

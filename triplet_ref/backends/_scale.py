@@ -209,3 +209,63 @@ def checkpoint(be, f, *args):
             return jax.checkpoint(f)(*args)
         return f(*args)  # eager: nothing is kept for a backward
     return f(*args)
+
+
+def fused_block_sum(be, run_block, starts, inputs):
+    """torch: the sum over row blocks of ``run_block(start, leaves) -> (scalar, info)``
+    with each block's forward *and* backward done now, one block at a time, so only one
+    block's graph is ever alive and nothing is recomputed.
+
+    ``inputs`` are the tensors the blocks read (embeddings, reference set, a learnable
+    margin); ``leaves`` are detached copies that require grad where the input does.  The
+    gradients are accumulated per input and returned by the backward of the result
+    (scaled by its upstream gradient): first-order only.  Returns ``(total, infos)``, or
+    None where this does not apply (not torch, or no input needs a gradient).
+    """
+    if be.name != "torch":
+        return None
+    import torch
+
+    if not torch.is_grad_enabled() or not any(getattr(a, "requires_grad", False) for a in inputs):
+        return None
+    leaves = [a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in inputs]
+    need = [i for i, a in enumerate(leaves) if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads = [None] * len(inputs)
+    total, infos = None, []
+    for s in starts:
+        out, info = run_block(s, leaves)
+        if out.requires_grad:
+            gs = torch.autograd.grad(out, [leaves[i] for i in need], allow_unused=True)
+            for i, g in zip(need, gs):
+                if g is not None:
+                    grads[i] = g if grads[i] is None else grads[i] + g
+        out = out.detach()
+        total = out if total is None else total + out
+        infos.append({k: v.detach() for k, v in info.items()})
+    return _fused_function().apply(total, grads, *inputs), infos
+
+
+_FUSED = None
+
+
+def _fused_function():
+    global _FUSED
+    if _FUSED is None:
+        import torch
+
+        class FusedSum(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, total, grads, *inputs):
+                ctx.grads = grads
+                return total.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                if torch.is_grad_enabled():
+                    raise RuntimeError("chunk_size=: the torch gradients of a chunked loss are first-order "
+                                       "only (computed block by block in the forward); use chunk_size=None "
+                                       "for double backward")
+                return (None, None, *[None if gr is None else g * gr for gr in ctx.grads])
+
+        _FUSED = FusedSum
+    return _FUSED

@@ -226,7 +226,28 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
         self_ref = True
     B = x.shape[0]
     idt = ctx.backend.index_dtype(xp)
-    sums, counts, blocks = [], [], []
+    red = "none" if reduction == "none" else "sum"
+
+    def run_block(s, leaves):
+        x_all = leaves[0]
+        cand = x_all if self_ref else leaves[1]
+        comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
+        out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
+                       return_info=True, process_group=comm, **options)
+        if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
+            info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
+        return out, info
+
+    fused = None
+    if reduction != "none":
+        # torch: each block's backward runs right after its forward (no recomputation)
+        from ..backends._scale import fused_block_sum
+
+        fused = fused_block_sum(ctx.backend, run_block, range(0, B, chunk_size), [x, X, margin])
+    if fused is not None:
+        total, infos = fused
+        return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, summed=True)
+    blocks = []
     for s in range(0, B, chunk_size):
         e = min(B, s + chunk_size)
 
@@ -241,9 +262,17 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
 
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
-    zero = scalar(ctx, 0)
+    return _finish_chunked(ctx, blocks, reduction, return_info)
+
+
+def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
+    """Loss and info of a chunked call from its blocks' ``(out, info)`` (``summed``: the
+    first ``out`` is already the total)."""
+    xp = ctx.xp
     if reduction == "none":
         loss = xp.concat([o for o, _ in blocks], axis=0)
+    elif summed:
+        loss = blocks[0][0]
     else:
         total = blocks[0][0]
         for o, _ in blocks[1:]:
