@@ -152,6 +152,15 @@ def _preload_imported() -> None:
                 pass
 
 
+def compiling() -> bool:
+    """Whether torch.compile is tracing the current call (False when torch is not imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
 def _cold_lookup_while_compiling(name: str) -> None:
     """A clear error instead of dynamo's trace of ``importlib`` (see :func:`_preload_imported`)."""
     torch = sys.modules.get("torch")

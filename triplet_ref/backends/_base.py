@@ -173,6 +173,10 @@ def _check_margin(margin: Any) -> None:
             raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
         if tuple(shape) != ():
             raise ValueError(f"margin: expected a scalar, got an array of shape {tuple(shape)}")
+        from . import compiling
+
+        if compiling():  # a 0-d tensor traced by torch.compile: its value is data (as under jax.jit)
+            return
     try:
         value = float(margin.detach() if hasattr(margin, "detach") else margin)
     except Exception:  # a 0-d value traced under jit: it cannot be checked here
