@@ -41,10 +41,16 @@ class Backend:
         return None
 
     def device_of(self, x: Any):
-        """The device ``x`` lives on (array-api-compat's ``device``)."""
-        import array_api_compat
+        """The device ``x`` lives on (what array-api-compat's ``device`` returns).
 
-        return array_api_compat.device(x)
+        Read from the array itself, not through ``array_api_compat.device``: that helper
+        probes every framework in ``sys.modules`` and fails with "partially initialized
+        module" while another thread is importing one (issue 13, item 12).
+        """
+        if isinstance(x, (np.ndarray, np.generic)):
+            return "cpu"
+        dev = getattr(x, "device", None)
+        return dev() if callable(dev) and not hasattr(dev, "type") else dev
 
     def from_numpy(self, a: Any, dtype: str | None = None, device: Any = None):
         """A NumPy array (or list) as an array of this backend, optionally cast to ``dtype``
@@ -165,7 +171,7 @@ def float_dtype_of(xp, x):
 
 
 def _check_margin(margin: Any) -> None:
-    if isinstance(margin, bool) or isinstance(margin, (str, bytes)):
+    if isinstance(margin, (bool, np.bool_)) or isinstance(margin, (str, bytes)):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
     if not isinstance(margin, numbers.Real):
         shape = getattr(margin, "shape", None)
@@ -173,6 +179,11 @@ def _check_margin(margin: Any) -> None:
             raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
         if tuple(shape) != ():
             raise ValueError(f"margin: expected a scalar, got an array of shape {tuple(shape)}")
+        # a 0-d array: a real (integer or floating) dtype; bool and complex are refused
+        # (float() would read True as 1.0 and drop an imaginary part with only a warning)
+        kind = str(getattr(margin, "dtype", "")).lower()
+        if "bool" in kind or "complex" in kind or not any(k in kind for k in ("float", "int")):
+            raise TypeError(f"margin: expected a real scalar, got dtype {getattr(margin, 'dtype', None)}")
         from . import compiling
 
         if compiling():  # a 0-d tensor traced by torch.compile: its value is data (as under jax.jit)
@@ -203,8 +214,27 @@ def _as_backend_array(x: Any, be: Backend, name: str, device: Any = None):
     else:
         if not isinstance(x, (list, tuple, numbers.Number)) and not hasattr(x, "__array__"):
             raise TypeError(f"{name}: expected an array or a (nested) list, got {type(x).__name__}")
-        arr = np.asarray(x)
+        arr = host_array(x, name)
+        if arr.dtype.kind in "OUSMmc":
+            raise TypeError(f"{name}: expected a real floating dtype, got {_dtype_words(arr)}")
     return be.from_numpy(arr, device=device)
+
+
+def _dtype_words(arr: np.ndarray) -> str:
+    kinds = {"O": "objects", "U": "strings", "S": "bytes", "M": "datetimes", "m": "timedeltas",
+             "b": "bool", "c": f"complex ({arr.dtype})"}
+    return kinds.get(arr.dtype.kind, str(arr.dtype))
+
+
+def host_array(x: Any, name: str) -> np.ndarray:
+    """``numpy.asarray(x)`` for a list/scalar/NumPy-convertible input, with a ValueError
+    naming the argument for a ragged nested list (NumPy's own message does not)."""
+    if x is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    try:
+        return np.asarray(x)
+    except ValueError as exc:  # ragged: "setting an array element with a sequence..."
+        raise ValueError(f"{name}: a ragged nested list (rows of different lengths) is not an array: {exc}") from None
 
 
 def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2):
@@ -286,36 +316,108 @@ def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int =
     return ctx, out
 
 
+def _label_limits(be: Backend, xp) -> tuple[int, int]:
+    """The range of integer label values the backend holds without truncation: that of its
+    index dtype (int32 for JAX in its default 32-bit mode), and at least int64's where the
+    backend converts 64-bit NumPy integers exactly."""
+    info = xp.iinfo(be.index_dtype(xp))
+    return int(info.min), int(info.max)
+
+
+def _host_labels(labels: Any, name: str) -> np.ndarray:
+    """Non-native labels read on the host, with their kind checked before the framework
+    sees them (so strings, objects and ragged lists get a message naming the argument)."""
+    arr = host_array(labels, name)
+    if arr.size == 0 and arr.dtype == np.float64:  # ``[]``: no labels, not float ones
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        what = _dtype_words(arr) if arr.dtype.kind in "OUSMmcb" else f"dtype {arr.dtype}"
+        raise TypeError(f"{name}: expected integer class labels, got {what}")
+    return arr
+
+
+def dense_label_ids(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Integer label arrays → dense class ids ``0..C-1`` (int32, same shapes), one mapping
+    for all of them: equal labels stay equal across the arrays, different ones different."""
+    flat = [np.ravel(a) for a in arrays]
+    if len({a.dtype.kind for a in flat}) > 1:  # signed with unsigned: compare exact Python ints
+        flat = [np.asarray([int(v) for v in a.tolist()], dtype=object) for a in flat]
+    _, inverse = np.unique(np.concatenate(flat), return_inverse=True)
+    inverse = np.ravel(inverse).astype(np.int32 if inverse.size < 2**31 else np.int64)
+    parts = np.split(inverse, np.cumsum([a.size for a in flat])[:-1])
+    return [p.reshape(a.shape) for p, a in zip(parts, arrays)]
+
+
 def convert_labels(ctx: Context, labels: Any, batch: int, name: str = "labels"):
-    """Labels of any integer dtype and array kind → the context's namespace and device."""
+    """Labels of any integer dtype and array kind → the context's namespace and device.
+
+    Label values only matter through equality, so values the backend cannot hold (labels
+    beyond ±2³¹ on JAX in its default 32-bit mode, which would silently wrap and merge
+    classes) are replaced by dense class ids; otherwise the values are kept.
+    See :func:`convert_label_sets` for several arrays that must share one mapping.
+    """
+    return convert_label_sets(ctx, [(labels, batch, name)])[0]
+
+
+def convert_label_sets(ctx: Context, sets: list[tuple[Any, int | None, str]]) -> list:
+    """Several label arrays ``(labels, expected_length or None, name)`` converted together:
+    when one of them needs dense ids (see :func:`convert_labels`), all of them get ids
+    from one mapping, so a label means the same class in each."""
     from . import backend_of
 
-    xp = ctx.xp
-    own = backend_of(labels)
-    if own is ctx.backend:
-        lab = labels
-    elif own is not None:
-        lab = ctx.backend.from_numpy(own.to_numpy(labels), device=ctx.device)
-    else:
-        arr = np.asarray(labels)
-        if arr.dtype == object:
-            raise TypeError(f"{name}: expected integer labels, got objects")
-        lab = ctx.backend.from_numpy(arr, device=ctx.device)
-    if lab.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
-    if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
-        raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
-    if lab.shape[0] != batch:
-        raise ValueError(f"{name}: length {lab.shape[0]} does not match the batch size {batch} of the embeddings")
-    if ctx.backend.device_of(lab) != ctx.device:
-        import array_api_compat
+    xp, be = ctx.xp, ctx.backend
+    lo, hi = _label_limits(be, xp)
+    hosts: list = []
+    for labels, batch, name in sets:
+        if labels is None:
+            raise TypeError(f"{name}: expected an integer array of shape (B,), got None")
+        own = backend_of(labels)
+        arr = None
+        if own is not be:
+            arr = own.to_numpy(labels) if own is not None else _host_labels(labels, name)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+        hosts.append(arr)
+    remap = any(arr is not None and arr.size and (int(arr.min()) < lo or int(arr.max()) > hi)
+                for arr in hosts)
+    if remap:
+        for i, ((labels, _, name), arr) in enumerate(zip(sets, hosts)):
+            if arr is None:  # native: read it too, so one mapping covers every set
+                try:
+                    hosts[i] = np.asarray(be.to_numpy(labels))
+                except Exception:  # traced (jit): its values cannot be read
+                    raise TypeError(
+                        f"{name}: label values outside {lo}..{hi} (what {be.name} holds here) "
+                        f"cannot be combined with traced {be.name} labels; pass dense class ids "
+                        "(numpy.unique(labels, return_inverse=True)[1])") from None
+        hosts = dense_label_ids(hosts)
+    out = []
+    for (labels, batch, name), arr in zip(sets, hosts):
+        lab = labels if arr is None else be.from_numpy(arr, device=ctx.device)
+        if lab.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
+        if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
+            raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
+        if batch is not None and lab.shape[0] != batch:
+            raise ValueError(f"{name}: length {lab.shape[0]} does not match the batch size {batch} of the embeddings")
+        if ctx.device is not None and be.device_of(lab) != ctx.device:
+            import array_api_compat
 
-        lab = array_api_compat.to_device(lab, ctx.device)
-    return lab
+            lab = array_api_compat.to_device(lab, ctx.device)
+        out.append(lab)
+    return out
 
 
 def check_margin(margin: Any) -> None:
     _check_margin(margin)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A flag (``soft``, ``return_info``): a Python or NumPy bool, nothing else — a string
+    such as ``"False"`` or ``"no"`` is truthy and would silently mean the opposite."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
@@ -357,19 +459,8 @@ def resolve_labels(labels: Any, backend: Any = None, name: str = "labels"):
         be = backend_of(labels) or get_backend("numpy")
     else:
         be = get_backend(backend)
-    xp = be.namespace()
-    if backend_of(labels) is be:
-        lab = labels
-    else:
-        src = backend_of(labels)
-        arr = src.to_numpy(labels) if src is not None else np.asarray(labels)
-        if arr.dtype == object:
-            raise TypeError(f"{name}: expected integer labels, got objects")
-        lab = be.from_numpy(arr)
-    if lab.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
+    ctx = Context(backend=be, xp=be.namespace(), device=None, dtype=None, out_dtype=None)
+    (lab,) = convert_label_sets(ctx, [(labels, None, name)])
     if lab.shape[0] == 0:
         raise ValueError(f"{name}: empty batch; need at least one label")
-    if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
-        raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
-    return be, xp, lab
+    return be, ctx.xp, lab

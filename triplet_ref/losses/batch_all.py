@@ -5,7 +5,7 @@ from typing import Any
 
 from ..mining import run
 from ..mining.batch_all import HINGE, SOFT
-from ._common import as_float, count_true, finish, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_dtype, count_true, finish, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_all"]
 
@@ -25,8 +25,11 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     with threshold ``v = d(a, p) + margin`` a row-wise search gives the number ``c`` of
     negatives with ``d(a, n) < v`` and a prefix sum their total, so
     ``L[a, p] = c * v - sum_{d(a,n) < v} d(a, n)``: O(B² log B) time, O(B²) memory, no
-    data-dependent shapes. ``soft=True`` has no such closed form and costs O(B³) time
-    (O(B²) memory, blocks of anchors).
+    data-dependent shapes (the count follows the oracle's ``d(a,p) − d(a,n) + m > 0``
+    exactly, ties included). ``soft=True`` has no such closed form: the native kernel
+    (CPU) makes one pass over the anchor's row per positive, O(B²·K̄) time for K̄
+    positives per anchor on average; the portable path (GPU) costs O(B³) (O(B²) memory,
+    blocks of anchors).
 
     Args:
       labels: ``(B,)`` integer labels; embeddings: ``(B, D)`` real floating array.
@@ -45,15 +48,19 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
     xp = ctx.xp
     idt = ctx.backend.index_dtype(xp)
-    per_pair, num_positive = run(SOFT if soft else HINGE, ctx, d, pos, neg, scalar(ctx, m))
+    # the soft step also returns ∂L/∂m (for the native bridges); the loss needs (L, count)
+    per_pair, num_positive = run(SOFT if soft else HINGE, ctx, d, pos, neg, scalar(ctx, m))[:2]
     num_pos_f = xp.sum(as_float(ctx, num_positive))
     loss = reduce(ctx, per_pair, num_pos_f, reduction)
     info = None
     if return_info:
+        # the triplet counts grow like B³: int64, or float32 where the backend has no
+        # 64-bit integer (JAX's 32-bit mode), never a 32-bit sum that wraps around
+        cdt = count_dtype(ctx)
         npos = count_true(ctx, pos, axis=1)
         nneg = count_true(ctx, neg, axis=1)
-        num_valid = xp.sum(npos * nneg)
-        total_pos = xp.sum(xp.astype(num_positive, idt))
+        num_valid = xp.sum(xp.astype(npos * nneg, cdt))  # each row's product < B² fits
+        total_pos = xp.sum(xp.astype(num_positive, cdt))
         info = {
             "num_valid": num_valid,
             "num_positive": total_pos,

@@ -6,16 +6,20 @@ from typing import Any
 from ..backends import resolve_many
 from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
-from ._common import REDUCTIONS, as_float, finish, prepare, reduce, safe_divide, scalar
+from ._common import (REDUCTIONS, as_float, count_dtype, finish, prepare, propagate_nan, reduce,
+                      safe_divide, scalar)
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
 
 def _pair_terms(ctx, e2, e, same, m):
-    """``same·e² + (1 − same)·max(m − e, 0)²`` for bool ``same``."""
+    """``same·e² + (1 − same)·max(m − e, 0)²``: ``same`` a bool mask (a select), or a
+    floating array used as given in the formula (contrastive_loss's ``same``)."""
     xp = ctx.xp
     gap = xp.maximum(scalar(ctx, m) - e, scalar(ctx, 0))
-    return xp.where(same, e2, gap * gap)
+    if xp.isdtype(same.dtype, "bool"):
+        return xp.where(same, e2, gap * gap)
+    return same * e2 + (scalar(ctx, 1) - same) * (gap * gap)
 
 
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
@@ -46,9 +50,8 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     loss = reduce(ctx, per_pair, scalar(ctx, B * (B - 1)), reduction)
     info = None
     if return_info:
-        idt = be.index_dtype(xp)
         info = {
-            "num_valid": xp.asarray(B * (B - 1), dtype=idt, device=ctx.device),
+            "num_valid": xp.asarray(B * (B - 1), dtype=count_dtype(ctx, B * (B - 1)), device=ctx.device),
             "fraction_positive": ctx.finish(safe_divide(
                 ctx, xp.sum(as_float(ctx, per_pair > zero)), scalar(ctx, B * (B - 1)))),
         }
@@ -64,7 +67,9 @@ def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
 
     Args:
       x1, x2: ``(N, D)`` real floating arrays of the same dtype.
-      same: ``(N,)`` bool or integer 0/1 array: whether the pair is of one class.
+      same: ``(N,)`` bool, integer or floating array, used as given in the formula (1/True:
+        the pair is of one class; other values are not checked, as a jitted call cannot
+        check values: ``same=2`` weighs ``e²`` twice and ``max(m − e, 0)²`` by −1).
       margin: finite, ``>= 0``.
       reduction: ``"mean"`` = ½ · mean over rows, ``"sum"`` = ½ · Σ, ``"none"`` = ½ · l, shape (N,).
       backend: ``None`` (``x1``'s own) or a backend name/module.
@@ -73,34 +78,37 @@ def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
     check_margin(margin)
     ctx, (a, b) = resolve_many([(x1, "x1"), (x2, "x2")], backend)
     xp = ctx.xp
-    same_b = _as_bool(ctx, same, a.shape[0])
+    s = _as_weights(ctx, same, a.shape[0])
     d2 = row_distances(ctx, a, b, "sqeuclidean")
     e = ctx.backend.safe_sqrt(xp, d2)
-    per_row = scalar(ctx, 0.5) * _pair_terms(ctx, d2, e, same_b, margin)
+    per_row = scalar(ctx, 0.5) * _pair_terms(ctx, d2, e, s, margin)
     loss = reduce(ctx, per_row, scalar(ctx, a.shape[0]), reduction)
-    nan = xp.any(xp.isnan(a)) | xp.any(xp.isnan(b))
-    return ctx.finish(xp.where(nan, scalar(ctx, float("nan")), loss))
+    inputs = (a, b) if xp.isdtype(s.dtype, "bool") else (a, b, s)
+    return ctx.finish(propagate_nan(ctx, loss, *inputs))
 
 
-def _as_bool(ctx, same, n):
-    """``same`` as a bool array in the context: bool, or integers that are 0 or 1."""
-    import numpy as np
-
+def _as_weights(ctx, same, n):
+    """``same`` in the context: a bool array stays a mask; integer and floating values are
+    used as given, as an array of the compute dtype (``same=2`` is 2, not True)."""
     from ..backends import backend_of
+    from ..backends._base import host_array
 
-    xp = ctx.xp
+    xp, be = ctx.xp, ctx.backend
     own = backend_of(same)
-    if own is not None and own is not ctx.backend:
-        same = ctx.backend.from_numpy(own.to_numpy(same), device=ctx.device)
+    if own is not None and own is not be:
+        if own.carries_grad(same):
+            raise TypeError(f"same: a {own.name} array that carries gradients cannot be converted "
+                            f"to backend={be.name!r}; pass it as a {be.name} array")
+        same = be.from_numpy(own.to_numpy(same), device=ctx.device)
     elif own is None:
-        arr = np.asarray(same)
-        if arr.dtype == object:
-            raise TypeError("same: expected a bool or 0/1 integer array")
-        same = ctx.backend.from_numpy(arr, device=ctx.device)
+        arr = host_array(same, "same")
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"same: expected a bool, integer or floating array, got dtype {arr.dtype}")
+        same = be.from_numpy(arr, device=ctx.device)
     if same.ndim != 1 or same.shape[0] != n:
         raise ValueError(f"same: expected shape ({n},), got {tuple(same.shape)}")
     if xp.isdtype(same.dtype, "bool"):
         return same
-    if not xp.isdtype(same.dtype, "integral"):
-        raise TypeError(f"same: expected a bool or integer 0/1 array, got dtype {same.dtype}")
-    return same != xp.zeros((), dtype=same.dtype, device=ctx.device)
+    if not (xp.isdtype(same.dtype, "integral") or xp.isdtype(same.dtype, "real floating")):
+        raise TypeError(f"same: expected a bool, integer or floating array, got dtype {same.dtype}")
+    return xp.astype(same, ctx.dtype)

@@ -5,7 +5,7 @@ from typing import Any
 
 from ..mining import run
 from ..mining.semihard import CHOICE
-from ._common import as_float, count_true, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_dtype, count_true, finish, hinge, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_semihard"]
 
@@ -64,7 +64,7 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
         minus1 = xp.asarray(-1, dtype=idt, device=ctx.device)
         info = {
             "semihard_negative": xp.where(term, chosen, minus1),
-            "num_valid": count_true(ctx, term),
+            "num_valid": count_true(ctx, term, dtype=count_dtype(ctx, d.shape[0] ** 2)),
             "fraction_positive": ctx.finish(safe_divide(
                 ctx, xp.sum(as_float(ctx, term & (per_pair > zero))), num_terms)),
             "fraction_semihard": ctx.finish(safe_divide(
