@@ -59,9 +59,9 @@ LOSSES = [
 # which backends have which native steps on CPU: a bridge that stops registering (and
 # would silently shrink this suite to the portable path) fails here
 NATIVE_ON_CPU = {
-    "numpy": {"batch_all_hinge", "semihard_choice"},
-    "torch": {"batch_all_hinge", "semihard_choice", "sqdist"},
-    "jax": {"batch_all_hinge", "semihard_choice"},
+    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice"},
+    "torch": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "sqdist"},
+    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice"},
     "array_api_strict": set(),
 }
 
@@ -240,8 +240,7 @@ def test_learnable_margin_gradient_under_each_implementation(regime):
             round(info["num_valid"] * info["fraction_positive"])
         for impl in IMPLS:
             m = torch.tensor(MARGIN, dtype=torch.float64, requires_grad=True)
-            with M.force(impl, loss.step) if impl == "portable" or loss.id != "batch_all_soft" \
-                    else M.force("portable", loss.step):
+            with M.force(impl, loss.step):
                 (g,) = torch.autograd.grad(loss.fn(y, X, m, reduction="sum", **loss.kw), (m,))
             if loss.id == "batch_all_soft":  # Σ sigmoid(arg): compare with the oracle's FD in m
                 f = lambda mm: O.batch_all(y, x, mm, soft=True, reduction="sum")  # noqa: E731

@@ -184,6 +184,37 @@ def ensure_backends(values, backend: Any = None) -> None:
         backend_of(v)
 
 
+def computes_in_full_precision(fn):
+    """Decorator of the public functions: they compute in float32 (float64 stays
+    float64) whatever ``torch.autocast`` says.
+
+    Inside ``torch.autocast`` (CPU or CUDA) the call runs with autocast switched off, so
+    the distance GEMM and the mining run in the compute dtype of the inputs
+    (float16/bfloat16 embeddings, as autocast makes a ``Linear`` return them, are upcast to
+    float32 as always) instead of being cast down piecewise; the result keeps the
+    embeddings' dtype and the backward runs through the same casts.  Without torch
+    imported, or outside autocast, it adds two flag lookups.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return fn(*args, **kwargs)
+        cpu = torch.is_autocast_enabled("cpu")
+        cuda = torch.is_autocast_enabled("cuda")
+        if not (cpu or cuda):
+            return fn(*args, **kwargs)
+        if cpu and cuda:
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                return fn(*args, **kwargs)
+        with torch.autocast("cpu" if cpu else "cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def compiling() -> bool:
     """Whether torch.compile is tracing (False when torch was never imported)."""
     torch = sys.modules.get("torch")

@@ -202,3 +202,14 @@ class JaxBackend(Backend):
 
 
 BACKEND = JaxBackend()
+
+
+def _build_native_steps():
+    from .. import mining
+
+    for step in mining.STEPS.values():
+        if step.kernel is not None:
+            _native_step(step)
+
+
+_build_native_steps()

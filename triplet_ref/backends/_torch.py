@@ -259,7 +259,7 @@ class TorchBackend(Backend):
 
     def finish_sqdist(self, xp, d2, sqrt):
         d2 = torch.clamp_min(d2, 0)
-        d2 = d2.fill_diagonal_(0)
+        d2.diagonal().zero_()  # (fill_diagonal_ would specialise torch.compile(dynamic=True) on B)
         return _SafeSqrt.apply(d2) if sqrt else d2
 
     def sort_rows(self, xp, x):
@@ -298,6 +298,19 @@ class TorchBackend(Backend):
 
 
 BACKEND = TorchBackend()
+
+
+def _build_native_steps():
+    # every step's custom ops now, outside any trace: torch.compile cannot trace
+    # torch.library's registration (a first native call inside a compiled function)
+    from .. import mining
+
+    for step in mining.STEPS.values():
+        if step.kernel is not None:
+            _native_step(step)
+
+
+_build_native_steps()
 
 
 # --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------

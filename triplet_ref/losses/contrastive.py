@@ -1,13 +1,14 @@
 """Contrastive losses (Hadsell, Chopra and LeCun 2006): online pairs and explicit pairs."""
 from __future__ import annotations
 
+from ..backends import computes_in_full_precision
 from typing import Any
 
 from ..backends import resolve_many
 from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
-from ._common import (REDUCTIONS, as_float, count_dtype, finish, prepare, propagate_nan, reduce,
-                      safe_divide, scalar)
+from ._common import (REDUCTIONS, as_float, count_dtype, count_true, finish, prepare, propagate_nan,
+                      reduce, safe_divide, scalar)
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
@@ -22,6 +23,7 @@ def _pair_terms(ctx, e2, e, same, m):
     return same * e2 + (scalar(ctx, 1) - same) * (gap * gap)
 
 
+@computes_in_full_precision
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
                       reduction: str = "mean", return_info: bool = False, backend: Any = None):
     """Contrastive loss over every ordered pair ``(i, j)``, ``i != j``, of the batch.
@@ -47,17 +49,22 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     zero = scalar(ctx, 0)
     per_pair = xp.where(pos | neg, half * _pair_terms(ctx, d2, e, pos, m), zero)
     B = d2.shape[0]
-    loss = reduce(ctx, per_pair, scalar(ctx, B * (B - 1)), reduction)
+    # B(B − 1) terms, counted from the masks rather than from the Python int B: a symbolic
+    # B (torch.compile(dynamic=True)) stays symbolic instead of specialising the graph
+    terms = pos | neg
+    num_terms = xp.sum(as_float(ctx, terms))
+    loss = reduce(ctx, per_pair, num_terms, reduction)
     info = None
     if return_info:
         info = {
-            "num_valid": xp.asarray(B * (B - 1), dtype=count_dtype(ctx, B * (B - 1)), device=ctx.device),
+            "num_valid": count_true(ctx, terms, dtype=count_dtype(ctx, B * (B - 1))),
             "fraction_positive": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, per_pair > zero)), scalar(ctx, B * (B - 1)))),
+                ctx, xp.sum(as_float(ctx, per_pair > zero)), num_terms)),
         }
     return finish(ctx, loss, x, info, return_info)
 
 
+@computes_in_full_precision
 def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
                      reduction: str = "mean", backend: Any = None):
     """Contrastive loss of explicit pairs of rows.
