@@ -301,6 +301,70 @@ def compiling() -> bool:
     return bool(fn()) if fn is not None else False
 
 
+class _BuildAfterImport:
+    """A ``sys.meta_path`` finder that builds a backend right after its framework's first
+    import completes (``import triplet_ref`` before ``import torch``): the backend is then
+    ready before any ``torch.compile`` trace, whatever the import order.
+
+    It finds the framework's spec with the other finders and wraps that spec's loader's
+    ``exec_module`` (the loader object itself is unchanged); it removes itself after one
+    import.  A failure to build is left to the first call to report.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.module = _FRAMEWORK[name][0]
+        self.busy = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.module or self.busy:
+            return None
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy = False
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+        finder = self
+
+        def exec_module(module):
+            try:
+                original(module)
+            finally:
+                try:
+                    del loader.exec_module  # the loader's own method again
+                except AttributeError:  # pragma: no cover
+                    pass
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
+            if _LOCK._is_owned():  # imported by get_backend itself, which builds the backend
+                return
+            if not _LOCK.acquire(blocking=False):  # another thread is creating a backend:
+                return  # this one is built by the first call instead
+            try:
+                get_backend(finder.name)
+            except Exception:  # pragma: no cover - reported by the first call instead
+                pass
+            finally:
+                _LOCK.release()
+
+        try:
+            loader.exec_module = exec_module
+        except AttributeError:  # pragma: no cover - a loader that refuses attributes
+            return spec
+        return spec
+
+
+def _build_on_import() -> None:
+    """Build the torch backend as soon as torch is imported (see :class:`_BuildAfterImport`)."""
+    if "torch" in sys.modules or any(isinstance(f, _BuildAfterImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _BuildAfterImport("torch"))
+
+
 def _cold_lookup_while_compiling(name: str) -> None:
     """A clear error instead of dynamo's trace of ``importlib`` (see :func:`_preload_imported`)."""
     torch = sys.modules.get("torch")
