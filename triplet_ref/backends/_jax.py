@@ -16,13 +16,24 @@ def _safe_sqrt(x):
 @_safe_sqrt.defjvp
 def _safe_sqrt_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    out = jnp.sqrt(x)
-    safe = jnp.where(out > 0, out, jnp.ones_like(out))
-    return out, jnp.where(out > 0, t / (2 * safe), jnp.zeros_like(out))
+    pos = x > 0
+    # sqrt only of positive values where it is differentiated: the rule itself is
+    # differentiated for second-order derivatives, and sqrt'(0) = inf would make a NaN
+    # there; x <= 0 (0, or NaN, which stays NaN) has derivative 0
+    safe = jnp.sqrt(jnp.where(pos, x, jnp.ones_like(x)))
+    out = jnp.where(pos, safe, jax.lax.stop_gradient(jnp.sqrt(x)))
+    return out, jnp.where(pos, t / (2 * safe), jnp.zeros_like(x))
 
 
 # --- the mining steps' NumPy kernels through pure_callback on CPU, built from each spec ---
 from ..mining import NativeUnsupported  # noqa: E402
+
+
+try:  # forward-mode tracers (jax.grad traces with LinearizeTracer in current JAX)
+    from jax.interpreters.ad import JVPTracer as _JVPTracer
+except ImportError:  # pragma: no cover
+    class _JVPTracer:  # noqa: D101
+        pass
 
 
 def _int_dtype():
@@ -89,6 +100,11 @@ class _JaxStep:
         self.fn = jax.jit(f)
 
     def __call__(self, *arrays):
+        if any(isinstance(a, _JVPTracer) for a in arrays):
+            # forward mode (jax.jvp, jax.hessian, jvp of grad): a custom_vjp has none, and
+            # under an outer jit JAX would only say so later, out of reach of this call
+            raise NativeUnsupported(
+                f"forward-mode differentiation through the native CPU kernel of {self.step.name!r}")
         try:
             return self.fn(*arrays)
         except (TypeError, ValueError) as exc:
