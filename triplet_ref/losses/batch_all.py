@@ -14,7 +14,7 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
               soft: bool = False, reduction: str = "mean", return_info: bool = False,
               backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,
               process_group: Any = None, axis_name: Any = None,
-               chunk_size: int | None = None):
+              chunk_size: int | None = None):
     """Batch-all triplet loss over every valid triplet of the batch.
 
     Valid triplets are ``(a, p, n)`` with ``a != p``, ``y_a = y_p`` and ``y_a != y_n``::

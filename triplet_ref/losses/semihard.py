@@ -15,7 +15,7 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
                    metric: str = "euclidean", reduction: str = "mean",
                    return_info: bool = False, backend: Any = None, ref_embeddings: Any = None,
                    ref_labels: Any = None, process_group: Any = None, axis_name: Any = None,
-               chunk_size: int | None = None):
+                   chunk_size: int | None = None):
     """Semi-hard triplet loss: each positive pair against its semi-hard negative.
 
     Terms are the positive pairs ``(a, p)`` whose anchor has at least one negative. The
