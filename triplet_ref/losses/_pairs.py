@@ -22,7 +22,7 @@ from typing import Any
 from ..backends import Context, resolve
 from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
 from ..distances import METRICS, cross_distance_matrix
-from ._common import REDUCTIONS, as_float, prepare, safe_divide, scalar
+from ._common import REDUCTIONS, as_float, non_finite, prepare, safe_divide, scalar
 
 
 @dataclass
@@ -115,7 +115,7 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
         r, ry = resolve_reference(ctx, x, ref_embeddings, ref_labels)
         d = cross_distance_matrix(ctx, x, r, metric)
         eq = y[:, None] == ry[None, :]
-        bad = xp.any(xp.isnan(x)) | xp.any(xp.isnan(r))
+        bad = non_finite(ctx, x, r)  # NaN or ±inf: docs/semantics.md, non-finite input
         nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
 
@@ -134,7 +134,7 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     eq = Y[None, :] == y[:, None]
     # NaN anywhere in the global batch: a global count, so that every rank agrees (and JAX
     # sees a replicated value)
-    bad = comm.sum(ctx, as_float(ctx, xp.any(xp.isnan(x)))) > scalar(ctx, 0)
+    bad = comm.sum(ctx, as_float(ctx, non_finite(ctx, x))) > scalar(ctx, 0)
     nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
     return Pairs(ctx, x, d, eq & ~same, ~eq, margin, comm=comm, same=same, nan_src=nan_src)
 
@@ -145,7 +145,7 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     X, Y = block.X, block.Y
     d = cross_distance_matrix(ctx, x, X, metric)
     eq = y[:, None] == Y[None, :]
-    nan = xp.any(xp.isnan(x)) | xp.any(xp.isnan(X))
+    nan = non_finite(ctx, x, X)
     nan_src = xp.where(nan, scalar(ctx, float("nan")), scalar(ctx, 0))
     if not block.exclude_self:
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
