@@ -394,7 +394,8 @@ def test_peer_argument_order_says_so(xp):
 
 def test_unknown_keyword_lists_what_the_function_takes():
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'metric'.*"
-                                        r"batch_contrastive\(labels, embeddings, margin, \*, reduction, return_info, backend\)"):
+                                        r"batch_contrastive\(labels, embeddings, margin, \*, reduction, return_info, backend, "
+                                        r"ref_embeddings, ref_labels, process_group, axis_name, chunk_size\)"):
         tr.batch_contrastive(Y, X, metric="cosine")
     with pytest.raises(TypeError, match=r"'soft'.*batch_semihard\(.*metric"):
         tr.batch_semihard(Y, X, soft=True)

@@ -144,6 +144,14 @@ def test_fresh_process_threads_then_jax_default_mode():
         # the issue's example: 7 and 7 + 2**32 are two classes
         y4, x4 = [7, 7, 7 + 2**32, 7 + 2**32], np.array([[0.0], [1.0], [3.0], [5.0]])
         print("issue", float(tr.batch_hard(y4, jnp.asarray(x4, dtype=jnp.float32))), float(tr.batch_hard(y4, x4)))
+        # a reference set's labels share the batch labels' mapping (7 + 2**32 is one class in both)
+        ry, rx = [7 + 2**32, 5, 7], np.array([[2.0], [4.0], [6.0]])
+        got = float(tr.batch_hard(y4, jnp.asarray(x4, dtype=jnp.float32), ref_embeddings=rx.astype(np.float32), ref_labels=ry))
+        want = float(tr.batch_hard(y4, x4, ref_embeddings=rx, ref_labels=ry))
+        assert abs(got - want) <= 1e-6 * abs(want) and want > 0, (got, want)
+        got = float(tr.batch_hard([1, 1, 2, 2], jnp.asarray(x4, dtype=jnp.float32), ref_embeddings=rx.astype(np.float32), ref_labels=[2**40, 1, 2]))
+        want = float(tr.batch_hard([1, 1, 2, 2], x4, ref_embeddings=rx, ref_labels=[2**40, 1, 2]))
+        assert abs(got - want) <= 1e-6 * abs(want) and want > 0, (got, want)
         B = 2200
         yb = np.repeat([0, 1], B // 2)
         emb = np.random.default_rng(0).normal(size=(B, 2)).astype(np.float32)

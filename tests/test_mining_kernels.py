@@ -19,13 +19,18 @@ from triplet_ref.mining.batch_all import (batch_all_backward, batch_all_forward,
 from triplet_ref.mining.semihard import semihard_choice
 from triplet_ref.testing.regimes import REGIMES, make_labels
 
-BRANCHES = {"few": 16, "many": 0}  # SMALL_K: one pass per positive / per-row sort and search
+# (SMALL_K, row-block elements): one pass per positive / per-row sort and search, in one
+# row block or in blocks of a few rows (the kernels' block-local row/column bookkeeping)
+BRANCHES = {"few": (16, None), "many": (0, None), "few-blocks": (16, 64), "many-blocks": (0, 64)}
 TOL = {np.float32: 2e-4, np.float64: 1e-9}
 
 
 @pytest.fixture(params=list(BRANCHES))
 def branch(request, monkeypatch):
-    monkeypatch.setattr(_blocks, "SMALL_K", BRANCHES[request.param])
+    small_k, block = BRANCHES[request.param]
+    monkeypatch.setattr(_blocks, "SMALL_K", small_k)
+    if block is not None:
+        monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", block)
     return request.param
 
 

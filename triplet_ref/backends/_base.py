@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -158,6 +158,9 @@ class Context:
     device: Any
     dtype: Any  # the compute dtype (float32 for float16/bfloat16 inputs)
     out_dtype: Any  # the embeddings' own dtype, the result's dtype
+    #: the label arrays converted in this call: ``(host values or None, ids used or None)``
+    #: per array, so that a later one (``ref_labels``) maps equal labels to equal ids
+    label_history: list = field(default_factory=list, repr=False)
 
     def finish(self, x):
         """Cast a result back to the embeddings' dtype."""
@@ -168,6 +171,14 @@ class Context:
 
 def float_dtype_of(xp, x):
     return x.dtype
+
+
+def _torch_compiling() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None) if torch is not None else None
+    return bool(compiler is not None and compiler.is_compiling())
 
 
 def _check_margin(margin: Any) -> None:
@@ -184,9 +195,7 @@ def _check_margin(margin: Any) -> None:
         kind = str(getattr(margin, "dtype", "")).lower()
         if "bool" in kind or "complex" in kind or not any(k in kind for k in ("float", "int")):
             raise TypeError(f"margin: expected a real scalar, got dtype {getattr(margin, 'dtype', None)}")
-    from . import compiling
-
-    if compiling():  # traced by torch.compile: the value may be data (as under jax.jit)
+    if _torch_compiling():  # traced by torch.compile: the value may be data (as under jax.jit)
         return
     try:
         value = float(margin.detach() if hasattr(margin, "detach") else margin)
@@ -316,14 +325,6 @@ def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int =
     return ctx, out
 
 
-def _label_limits(be: Backend, xp) -> tuple[int, int]:
-    """The range of integer label values the backend holds without truncation: that of its
-    index dtype (int32 for JAX in its default 32-bit mode), and at least int64's where the
-    backend converts 64-bit NumPy integers exactly."""
-    info = xp.iinfo(be.index_dtype(xp))
-    return int(info.min), int(info.max)
-
-
 def _host_labels(labels: Any, name: str) -> np.ndarray:
     """Non-native labels read on the host, with their kind checked before the framework
     sees them (so strings, objects and ragged lists get a message naming the argument)."""
@@ -359,14 +360,36 @@ def convert_labels(ctx: Context, labels: Any, batch: int, name: str = "labels"):
     return convert_label_sets(ctx, [(labels, batch, name)])[0]
 
 
+def _fits(xp, lab, arr: np.ndarray) -> bool:
+    """Whether the converted ``lab`` holds every value of the host array ``arr`` (JAX in
+    32-bit mode turns int64/uint64 into int32/uint32, wrapping larger values)."""
+    if arr.size == 0 or xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
+        return True  # nothing to lose (or a dtype error raised below)
+    info = xp.iinfo(lab.dtype)
+    return int(arr.min()) >= int(info.min) and int(arr.max()) <= int(info.max)
+
+
+def _native_values(be: Backend, lab, name: str, lo_hi: str) -> np.ndarray:
+    try:
+        return np.asarray(be.to_numpy(lab))
+    except Exception:  # traced (jit): its values cannot be read
+        raise TypeError(
+            f"{name}: label values beyond what {be.name} holds here ({lo_hi}) cannot be combined "
+            f"with traced {be.name} labels; pass dense class ids "
+            "(numpy.unique(labels, return_inverse=True)[1])") from None
+
+
 def convert_label_sets(ctx: Context, sets: list[tuple[Any, int | None, str]]) -> list:
-    """Several label arrays ``(labels, expected_length or None, name)`` converted together:
-    when one of them needs dense ids (see :func:`convert_labels`), all of them get ids
-    from one mapping, so a label means the same class in each."""
+    """Several label arrays ``(labels, expected_length or None, name)`` converted together.
+
+    When a host array holds values the backend cannot (see :func:`convert_labels`), every
+    array of the call gets class ids from one mapping, so a label means the same class in
+    each — also an array converted earlier in the same call (``ctx.label_history``, e.g.
+    ``labels`` before ``ref_labels``): its ids are kept and new values get unused ids.
+    """
     from . import backend_of
 
     xp, be = ctx.xp, ctx.backend
-    lo, hi = _label_limits(be, xp)
     hosts: list = []
     for labels, batch, name in sets:
         if labels is None:
@@ -378,22 +401,22 @@ def convert_label_sets(ctx: Context, sets: list[tuple[Any, int | None, str]]) ->
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
         hosts.append(arr)
-    remap = any(arr is not None and arr.size and (int(arr.min()) < lo or int(arr.max()) > hi)
-                for arr in hosts)
+    out = [labels if arr is None else be.from_numpy(arr, device=ctx.device)
+           for (labels, _, _), arr in zip(sets, hosts)]
+    remap = any(arr is not None and not _fits(xp, lab, arr) for lab, arr in zip(out, hosts))
     if remap:
-        for i, ((labels, _, name), arr) in enumerate(zip(sets, hosts)):
-            if arr is None:  # native: read it too, so one mapping covers every set
-                try:
-                    hosts[i] = np.asarray(be.to_numpy(labels))
-                except Exception:  # traced (jit): its values cannot be read
-                    raise TypeError(
-                        f"{name}: label values outside {lo}..{hi} (what {be.name} holds here) "
-                        f"cannot be combined with traced {be.name} labels; pass dense class ids "
-                        "(numpy.unique(labels, return_inverse=True)[1])") from None
-        hosts = dense_label_ids(hosts)
-    out = []
-    for (labels, batch, name), arr in zip(sets, hosts):
-        lab = labels if arr is None else be.from_numpy(arr, device=ctx.device)
+        lo_hi = f"{be.name} integer labels of dtype {next(l for l, a in zip(out, hosts) if a is not None).dtype}"
+        values = [a if a is not None else _native_values(be, lab, name, lo_hi)
+                  for a, lab, (_, _, name) in zip(hosts, out, sets)]
+        ids = _joint_ids(ctx, be, values)
+        out = [be.from_numpy(i, device=ctx.device) for i in ids]
+        hosts = values
+    else:
+        ids = [None] * len(out)
+    for (labels, batch, name), lab, arr, i in zip(sets, out, hosts, ids):
+        ctx.label_history.append((arr, i, lab))
+    checked = []
+    for (labels, batch, name), lab in zip(sets, out):
         if lab.ndim != 1:
             raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
         if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
@@ -404,7 +427,34 @@ def convert_label_sets(ctx: Context, sets: list[tuple[Any, int | None, str]]) ->
             import array_api_compat
 
             lab = array_api_compat.to_device(lab, ctx.device)
-        out.append(lab)
+        checked.append(lab)
+    return checked
+
+
+def _joint_ids(ctx: Context, be: Backend, values: list[np.ndarray]) -> list[np.ndarray]:
+    """Class ids for ``values`` consistent with the arrays converted earlier in the call."""
+    if not ctx.label_history:
+        return dense_label_ids(values)
+    # earlier arrays keep their ids (their values as converted, or the ids they were given)
+    known_vals, known_ids = [], []
+    for arr, ids, lab in ctx.label_history:
+        v = arr if arr is not None else _native_values(be, lab, "labels", "a 32-bit backend")
+        known_vals.append(np.ravel(v))
+        known_ids.append(np.ravel(ids if ids is not None else v).astype(np.int64))
+    kv = dense_label_ids(known_vals + [np.ravel(v) for v in values])  # one ranking of all values
+    rank_k = np.concatenate(kv[:len(known_vals)]) if known_vals else np.zeros(0, np.int32)
+    id_k = np.concatenate(known_ids) if known_ids else np.zeros(0, np.int64)
+    table = {int(r): int(i) for r, i in zip(rank_k, id_k)}
+    used = set(table.values())
+    fresh = (i for i in range(len(used) + sum(v.size for v in values) + 1) if i not in used)
+    out = []
+    for r in kv[len(known_vals):]:
+        ids = np.empty(r.shape, dtype=np.int64)
+        for j, rv in enumerate(np.ravel(r).tolist()):
+            if rv not in table:
+                table[rv] = next(fresh)
+            ids.flat[j] = table[rv]
+        out.append(ids.astype(np.int32))
     return out
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ._base import Backend
+from ._scale import match_vma
 
 
 @jax.custom_jvp
@@ -66,7 +67,10 @@ class _JaxStep:
 
         def call(*arrays):
             shapes = tuple(jax.ShapeDtypeStruct(arrays[0].shape, _kind_dtype(kind, arrays[0])) for kind in k.outputs)
-            return jax.pure_callback(host_forward, shapes, *arrays, vmap_method="sequential")
+            outs = jax.pure_callback(host_forward, shapes, *arrays, vmap_method="sequential")
+            # inside shard_map a callback's results are typed replicated: type them like
+            # d (a shard), or psum/grad would treat them as replicated values
+            return tuple(match_vma(o, arrays[0]) for o in outs)
 
         if k.backward is None:  # not differentiable: indices, flags
             def nondiff(*arrays):
@@ -91,9 +95,11 @@ class _JaxStep:
             d = arrays[0]
             gd = jax.pure_callback(host_backward, jax.ShapeDtypeStruct(d.shape, d.dtype),
                                    *arrays, grad, *saved, vmap_method="sequential")
-            grads = [gd] + [None] * (n_in - 1)
+            # inside shard_map: cotangents typed like their primals (manual axes)
+            grads = [match_vma(gd, d)] + [None] * (n_in - 1)
             for i, j in k.slopes.items():  # d out0 / d input i = output j, elementwise
-                grads[i] = jnp.sum(grad * saved[k.saved.index(j)].astype(grad.dtype)).astype(arrays[i].dtype)
+                gi = jnp.sum(grad * saved[k.saved.index(j)].astype(grad.dtype)).astype(arrays[i].dtype)
+                grads[i] = match_vma(gi, arrays[i])
             return tuple(grads)
 
         f.defvjp(f_fwd, f_bwd)

@@ -7,8 +7,9 @@ from typing import Any
 from ..backends import resolve_many
 from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
-from ._common import (REDUCTIONS, as_float, count_dtype, count_true, finish, prepare, propagate_nan,
-                      reduce, safe_divide, scalar)
+from ._common import (REDUCTIONS, as_float, count_dtype, finish, propagate_nan, reduce,
+                      safe_divide, scalar)
+from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
@@ -25,7 +26,9 @@ def _pair_terms(ctx, e2, e, same, m):
 
 @computes_in_full_precision
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
-                      reduction: str = "mean", return_info: bool = False, backend: Any = None):
+                      reduction: str = "mean", return_info: bool = False, backend: Any = None,
+                      ref_embeddings: Any = None, ref_labels: Any = None, process_group: Any = None,
+                      axis_name: Any = None, chunk_size: int | None = None):
     """Contrastive loss over every ordered pair ``(i, j)``, ``i != j``, of the batch.
 
     With ``e = ||x_i - x_j||_2`` (always euclidean)::
@@ -41,27 +44,48 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
       return_info: also return ``num_valid`` (the number of terms, B(B−1)) and
         ``fraction_positive`` (terms with ``l > 0`` over terms; 0 when there is none).
       backend: ``None`` (the embeddings' own) or a backend name/module.
+      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+        of ``embeddings``) pair with all of its rows, no pair being
+        the same sample (docs/semantics.md, "Reference sets"); ``"mean"`` divides by ``B·R`` and ``"none"`` is ``(B, R)``.
+      process_group: a ``torch.distributed`` process group (torch), or
+      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+        ``"sum"`` and the info counts are those of the single-process loss on the
+        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
     """
-    ctx, x, d2, pos, neg, m = prepare(labels, embeddings, margin, "sqeuclidean", reduction, backend)
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_contrastive, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name)
+    P = prepare_pairs(labels, embeddings, margin, "sqeuclidean", reduction, backend,
+                      ref_embeddings, ref_labels, process_group, axis_name)
+    ctx, x, d2, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
     xp, be = ctx.xp, ctx.backend
     e = be.safe_sqrt(xp, d2)
     half = scalar(ctx, 0.5)
     zero = scalar(ctx, 0)
     per_pair = xp.where(pos | neg, half * _pair_terms(ctx, d2, e, pos, m), zero)
-    B = d2.shape[0]
-    # B(B − 1) terms, counted from the masks rather than from the Python int B: a symbolic
-    # B (torch.compile(dynamic=True)) stays symbolic instead of specialising the graph
-    terms = pos | neg
-    num_terms = xp.sum(as_float(ctx, terms))
-    loss = reduce(ctx, per_pair, num_terms, reduction)
+    B, R = d2.shape
+    # every pair but the anchor itself: B(B − 1) for the batch, B·R against a reference
+    # set, B_local·(B_global − 1) per rank of a global batch
+    count = scalar(ctx, P.num_pairs())
+    loss = reduce_pairs(P, per_pair, count, reduction)
     info = None
     if return_info:
+        count_g = P.global_sum(count)
+        n_terms = (B + 1) * R  # a bound on the global count (R = the global batch when distributed)
         info = {
-            "num_valid": count_true(ctx, terms, dtype=count_dtype(ctx, B * (B - 1))),
+            "num_valid": xp.astype(count_g, count_dtype(ctx, n_terms)),
             "fraction_positive": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, per_pair > zero)), num_terms)),
+                ctx, P.global_sum(xp.sum(as_float(ctx, per_pair > zero))), count_g)),
         }
-    return finish(ctx, loss, x, info, return_info)
+    return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)
 
 
 @computes_in_full_precision

@@ -29,7 +29,7 @@ _SOFT_BLOCK_ELEMENTS = 1 << 22
 def hinge_rows(ctx, d, pos, neg, m):
     """``L[a, p]`` and the per-pair count of positive triplets, from sorted negatives."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B = d.shape[1]  # the candidates (columns): d may be (B, R) against a reference set
     zero = scalar(ctx, 0)
     inf = scalar(ctx, float("inf"))
     idt = be.index_dtype(xp)
@@ -79,10 +79,10 @@ def soft_rows(ctx, d, pos, neg, m):
     """softplus version: ``(L, count, slope)`` (``slope = ∂L/∂m = Σ_n σ(t)``), blocks of
     anchors, each ``(b, B, B)`` with b·B² ≤ the budget: O(B³) time, O(B²) memory."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B, R = d.shape  # R = B, or the size of a reference set
     zero = scalar(ctx, 0)
     idt = be.index_dtype(xp)
-    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (B * B)))
+    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (R * R)))
     rows, counts, slopes = [], [], []
     for start in range(0, B, blk):
         stop = min(B, start + blk)

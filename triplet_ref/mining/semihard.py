@@ -24,7 +24,7 @@ __all__ = ["CHOICE", "choose", "semihard_choice"]
 def choose(ctx, d, neg, term):
     """Portable semi-hard mining: ``(chosen, semihard)`` index and flag matrices."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B = d.shape[1]  # the candidates (columns): d may be (B, R) against a reference set
     idt = be.index_dtype(xp)
     izero = xp.zeros((), dtype=idt, device=ctx.device)
     inf = scalar(ctx, float("inf"))
