@@ -268,6 +268,13 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
         for key in ("num_positive", "semihard_negative"):
             if key in oinfo:
                 np.testing.assert_array_equal(np.asarray(info[key]), np.asarray(oinfo[key]))
+    # the portable soft step's anchor blocks (b × B × B elements each) likewise
+    from triplet_ref.mining import batch_all as mba
+
+    monkeypatch.setattr(mba, "_SOFT_BLOCK_ELEMENTS", rows_per_block * x.shape[0] ** 2)
+    with M.force("portable", M.BATCH_ALL_SOFT):
+        got = tr.batch_all(y, x, MARGIN, soft=True)
+    _close(got, _oracle("batch_all_soft", regime, "mean")[0], "batch_all_soft blocks")
     torch = pytest.importorskip("torch")
     X = torch.tensor(x, requires_grad=True)
     with M.force("native", M.BATCH_ALL_HINGE):
