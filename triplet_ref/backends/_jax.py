@@ -133,6 +133,9 @@ class JaxBackend(Backend):
         d2 = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d2.dtype), d2)
         return _safe_sqrt(d2) if sqrt else d2
 
+    def refine_sqdist(self, xp, x, d, w, tau, pairs):
+        return _refine_static(x, d, w, tau, pairs)
+
     def sort_rows(self, xp, x):
         return jnp.sort(x, axis=-1)
 
@@ -177,3 +180,81 @@ class JaxBackend(Backend):
 
 
 BACKEND = JaxBackend()
+
+
+# --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------
+#: the sparse branch recomputes up to this many close pairs per row on average; more go
+#: to the dense branch (every row block that holds one, recomputed directly)
+_REFINE_PAIRS_PER_ROW = 16
+_REFINE_BLOCK = 16
+
+
+def _refine_static(x, d, w, tau, pairs):
+    """``Backend.refine_sqdist`` (contract in ``_base._refine_sqdist``) with static shapes:
+    ``lax.cond`` skips it when no pair is close; up to 16·B close pairs are gathered with
+    ``jnp.nonzero(size=...)`` and recomputed, more take a dense row-block recomputation.
+    Differentiable (the refined pairs' gradient is that of the direct formula)."""
+    n = d.shape[0]
+    if n < 2:
+        return d
+    idx = jnp.arange(n)
+    thr = w * tau
+    close = d < thr[:, None] + thr[None, :]
+    upper = close & (idx[:, None] < idx[None, :])
+    count = jnp.sum(upper)
+    size = min(n * (n - 1) // 2, _REFINE_PAIRS_PER_ROW * n)
+
+    def sparse(d):
+        r, c = jnp.nonzero(upper, size=size, fill_value=0)
+        a, b = x[r], x[c]
+        v = pairs(jnp, a, b)
+        real = r < c  # the fill entries are (0, 0)
+        v = jnp.where(real, v, d[r, c])
+        d = d.at[r, c].set(v).at[c, r].set(v)
+        dup = real & (v == 0) & jnp.all(a == b, axis=-1)
+        rep = idx.at[c].min(jnp.where(dup, r, n))
+        return d, rep
+
+    def dense(d):
+        bs = min(_REFINE_BLOCK, n)
+
+        def body(k, carry):
+            d, rep = carry
+            s = jnp.minimum(k * bs, n - bs)
+            a = jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0)[:, None, :]
+            fb = jax.lax.dynamic_slice_in_dim(close, s, bs, axis=0)
+            db = jax.lax.dynamic_slice_in_dim(d, s, bs, axis=0)
+            v = pairs(jnp, a, x[None, :, :])
+            d = jax.lax.dynamic_update_slice_in_dim(d, jnp.where(fb, v, db), s, axis=0)
+            dup = fb & (v == 0) & jnp.all(a == x[None, :, :], axis=-1)
+            first = jnp.min(jnp.where(dup, idx[None, :], n), axis=1)
+            rows = s + jnp.arange(bs)
+            return d, rep.at[rows].min(first)
+
+        d, rep = jax.lax.fori_loop(0, -(-n // bs), body, (d, idx))
+        # exact symmetry (the direct formula need not be symmetric bit for bit)
+        return jnp.where(idx[:, None] < idx[None, :], d, d.T), rep
+
+    def refine(d):
+        return jax.lax.cond(count <= size, sparse, dense, d)
+
+    d, rep = jax.lax.cond(count > 0, refine, lambda d: (d, idx), d)
+
+    return jax.lax.cond(jnp.any(rep != idx), _canonical, lambda d, rep: d, d, rep)
+
+
+@jax.custom_jvp
+def _canonical(d, rep):
+    """``d[i, j] <- d[rep_i, rep_j]`` with ``d[r, r] = 0``: rows equal to row ``rep_i`` take
+    its distances (exactly 0 apart, exactly equidistant from the others)."""
+    n = d.shape[0]
+    d = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d.dtype), d)
+    return d[rep][:, rep]
+
+
+@_canonical.defjvp
+def _canonical_jvp(primals, tangents):
+    # row i equals row rep_i, so d[rep_i, rep_j] and d[i, j] are the same function's values:
+    # the derivative is d's own (a gather would send row i's gradient to row rep_i)
+    d, rep = primals
+    return _canonical(d, rep), tangents[0]
