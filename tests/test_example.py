@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("sklearn")
-from examples.digits.data import PKSampler, load_split  # noqa: E402
+from examples.digits.data import load_split  # noqa: E402
 from examples.digits.metrics import mean_average_precision, recall_at_1  # noqa: E402
 
 
@@ -59,18 +59,21 @@ def test_split_holds_out_unseen_digits():
     assert not any(r.tobytes() in train_rows for r in s.x_seen_test)
 
 
-def test_pk_sampler_batches():
-    labels = np.repeat(np.arange(7), 20)
-    sampler = PKSampler(labels, p=4, k=5, seed=3)
-    for _ in range(20):
+def test_batches_come_from_the_package_sampler():
+    """The example draws its P x K batches with triplet_ref.PKSampler (tested in test_sampler.py)."""
+    from examples.digits.objective import Config
+    from examples.digits.trainers import batches
+    from triplet_ref import PKSampler
+
+    split = load_split(seed=0)
+    cfg = Config(steps=3, seed=4)
+    sampler = PKSampler(split.y_train, cfg.p, cfg.k, seed=4)
+    for x, y in batches(split, cfg):
         idx = sampler.sample()
-        assert idx.shape == (20,) and len(set(idx.tolist())) == 20
-        classes, counts = np.unique(labels[idx], return_counts=True)
-        assert len(classes) == 4 and (counts == 5).all()
-    with pytest.raises(ValueError, match="p must be"):
-        PKSampler(labels, p=8, k=2)
-    with pytest.raises(ValueError, match="k must be"):
-        PKSampler(labels, p=2, k=1)
+        np.testing.assert_array_equal(x, split.x_train[idx])
+        np.testing.assert_array_equal(y, split.y_train[idx])
+        classes, counts = np.unique(y, return_counts=True)
+        assert classes.size == cfg.p and (counts == cfg.k).all()
 
 
 # --- training on both backends -----------------------------------------------------------------

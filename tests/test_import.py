@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEAVY = ("torch", "jax", "jaxlib", "cupy", "array_api_strict", "tensorflow")
+HEAVY = ("torch", "jax", "jaxlib", "cupy", "array_api_strict", "tensorflow", "keras")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -65,3 +65,26 @@ def test_naming_a_backend_imports_only_that_one():
 
     expect = ["array_api_strict"] if importlib.util.find_spec("array_api_strict") else []
     assert _loaded_after(code) == expect
+
+
+def test_torch_wrappers_import_torch_only():
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return
+    assert _loaded_after("import triplet_ref.torch") == ["torch"]
+
+
+def test_testing_kit_imports_no_framework_nor_test_tools():
+    """``import triplet_ref.testing`` and a NumPy ``check_loss`` import no framework,
+    hypothesis or pytest (the kit imports them only where a check needs them)."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import triplet_ref, triplet_ref.testing
+        from triplet_ref.testing import check_loss, regimes
+        rep = check_loss(lambda y, x: triplet_ref.batch_hard(y, x), "batch_hard", backend="numpy")
+        assert rep.ok, str(rep)
+        assert not {"hypothesis", "pytest", "_pytest"} & {m.split(".")[0] for m in sys.modules}
+    """).replace("\n", "\n        ")
+    assert _loaded_after(code) == []

@@ -15,6 +15,8 @@ from .losses import (
     contrastive_loss,
     triplet_loss,
 )
+from .mined import mined_triplets, triplets_from_info
+from .sampler import PKSampler
 from . import backends
 
 # torch.compile cannot trace a backend's first (importing) lookup: build the backends of
@@ -37,6 +39,9 @@ __all__ = [
     "backends",
     "oracles",
     "METRICS",
+    "mined_triplets",
+    "triplets_from_info",
+    "PKSampler",
 ]
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from .backends import Context, resolve
 from .backends._base import check_choice
+from .mining import SQDIST, run
 
 __all__ = ["pairwise_distances", "METRICS"]
 
@@ -55,7 +56,6 @@ def distance_matrix(ctx: Context, x, metric: str):
     them from the coordinates (see ``close_pair_threshold``) and gives bitwise-identical
     rows identical distances (exactly 0 between them)."""
     xp, be = ctx.xp, ctx.backend
-    tau = close_pair_threshold(xp, x.dtype)
     if metric == "cosine":
         # cosine is scale invariant: scale every row by a power of two (exact) so its
         # largest entry is about 1; the squared norm then neither under- nor overflows
@@ -75,11 +75,15 @@ def distance_matrix(ctx: Context, x, metric: str):
         d = xp.minimum(d, two)
         # unit rows: the Gram error on 1 - cos is ~eps; the threshold is tau·(w_i + w_j) = tau
         w = xp.full((x.shape[0],), 0.5, dtype=x.dtype, device=ctx.device)
-        d = be.refine_sqdist(xp, xs, d, w, tau, cosine_pairs)
+        d = be.refine_sqdist(xp, xs, d, w, close_pair_threshold(xp, x.dtype), cosine_pairs)
         return be.finish_sqdist(xp, d, sqrt=False)
-    native = be.native_kernel("sqdist", x)
-    if native is not None:
-        return native(x, metric == "sqeuclidean")
+    return run(SQDIST, ctx, x, metric == "sqeuclidean")
+
+
+def gram_sqdist(ctx: Context, x, squared: bool):
+    """The portable euclidean (``squared=False``) or squared distances of the rows of
+    ``x``: the Gram formula (the portable implementation of :data:`triplet_ref.mining.SQDIST`)."""
+    xp, be = ctx.xp, ctx.backend
     # shift by the first row: distances are translation invariant, the shift removes a
     # common offset (the Gram trick's cancellation grows with |x|²), and subtracting a
     # row keeps dyadic inputs exact (a mean would not), so exact ties stay ties
@@ -92,8 +96,8 @@ def distance_matrix(ctx: Context, x, metric: str):
     n = G.shape[0]
     sq = xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
     d2 = be.gram_to_sqdist(xp, G, sq)
-    d2 = be.refine_sqdist(xp, x, d2, sq, tau, sqeuclidean_pairs)
-    return be.finish_sqdist(xp, d2, sqrt=(metric == "euclidean"))
+    d2 = be.refine_sqdist(xp, x, d2, sq, close_pair_threshold(xp, x.dtype), sqeuclidean_pairs)
+    return be.finish_sqdist(xp, d2, sqrt=not squared)
 
 
 # ------------------------------------------------------------------ close-pair refinement

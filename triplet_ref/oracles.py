@@ -13,7 +13,10 @@ Use them from any project::
     loss, info = oracles.batch_hard([0, 0, 1], [[0.0], [1.0], [3.0]], margin=1.0,
                                     return_info=True)
 
-Signatures are those of ``triplet_ref`` (docs/API.md) without ``backend``.  Inputs may be
+Signatures are those of ``triplet_ref`` (docs/API.md) without ``backend``.  Every batch loss
+and ``pairwise_distances`` take a reference set (``ref_embeddings=``, ``ref_labels=``): the
+rows of ``embeddings`` are the anchors, positives and negatives are reference rows, and no
+(anchor, reference) pair is excluded as the same sample (docs/semantics.md, "Reference sets").  Inputs may be
 anything ``numpy.asarray`` accepts (lists, NumPy arrays, CPU tensors of PyTorch/JAX, ...).
 
 Results
@@ -260,6 +263,60 @@ def _distance_matrix(rows: list[list[float]], metric: str) -> list[list[float]]:
     return d
 
 
+def _cross_distance_matrix(rows: list[list[float]], refs: list[list[float]], metric: str) -> list[list[float]]:
+    """d[i][j] between anchor row i and reference row j, every pair from the coordinates.
+
+    No pair is special: an anchor and a reference row are distinct samples, so a zero anchor
+    against a zero reference row has cosine distance 1 (only ``d(i, i)`` of one batch is 0
+    by definition).
+    """
+    units = [_unit(r) for r in rows] if metric == "cosine" else None
+    ref_units = [_unit(r) for r in refs] if metric == "cosine" else None
+    d = [[0.0] * len(refs) for _ in range(len(rows))]
+    for i, u in enumerate(rows):
+        for j, v in enumerate(refs):
+            if metric == "euclidean":
+                d[i][j] = _euclidean(u, v)
+            elif metric == "sqeuclidean":
+                d[i][j] = _sqeuclidean(u, v)
+            else:
+                d[i][j] = _cosine_from_units(units[i], ref_units[j])
+    return d
+
+
+def _read_ref_embeddings(ref_embeddings: Any, rows: list[list[float]]) -> list[list[float]]:
+    refs = _read_embeddings(ref_embeddings, "ref_embeddings")
+    if len(refs[0]) != len(rows[0]):
+        raise ValueError(
+            f"ref_embeddings has {len(refs[0])} columns but embeddings has {len(rows[0])}; "
+            "they must match"
+        )
+    return refs
+
+
+def _read_reference(rows: list[list[float]], y: list[int], ref_embeddings: Any, ref_labels: Any):
+    """``(refs, ref_y, same)``: the reference rows and labels the anchors mine against, and
+    whether ``(a, j)`` is the same sample (only without a reference set: ``j == a``)."""
+    if ref_embeddings is None and ref_labels is None:
+        return rows, y, True
+    if ref_embeddings is None:
+        raise ValueError("ref_labels was given without ref_embeddings; pass both or neither")
+    if ref_labels is None:
+        raise ValueError("ref_embeddings was given without ref_labels; pass both or neither")
+    refs = _read_ref_embeddings(ref_embeddings, rows)
+    ref_y = _read_labels(ref_labels, None, "ref_labels")
+    if len(ref_y) != len(refs):
+        raise ValueError(
+            f"ref_labels has length {len(ref_y)} but ref_embeddings has {len(refs)} rows; "
+            "they must match"
+        )
+    return refs, ref_y, False
+
+
+def _distances_to(rows, refs, self_ref: bool, metric: str) -> list[list[float]]:
+    return _distance_matrix(rows, metric) if self_ref else _cross_distance_matrix(rows, refs, metric)
+
+
 def _argbest(candidates: list[tuple[int, float]], largest: bool) -> tuple[int, float]:
     """(index, value) of the largest (or smallest) value; ties -> smallest index.
 
@@ -292,8 +349,12 @@ def _reduce(total_terms: list[float], count: int, reduction: str, nan_input: boo
 # --------------------------------------------------------------------------------------
 # distances and masks
 # --------------------------------------------------------------------------------------
-def pairwise_distances(embeddings: Any, *, metric: str = "euclidean") -> np.ndarray:
+def pairwise_distances(embeddings: Any, ref_embeddings: Any = None, *, metric: str = "euclidean") -> np.ndarray:
     """The ``(B, B)`` float64 matrix of pairwise distances, computed pair by pair.
+
+    With ``ref_embeddings`` (``(R, D)``): the ``(B, R)`` matrix ``d(x_i, r_j)`` between the rows
+    of ``embeddings`` and those of the reference set.  No entry is zero by definition there:
+    the two sets are distinct samples (a zero row against a zero row has cosine distance 1).
 
     * ``"euclidean"``:   ``d(i, j) = ||x_i - x_j||_2 = sqrt(sum_k (x_ik - x_jk)^2)``
     * ``"sqeuclidean"``: ``d(i, j) = ||x_i - x_j||_2^2``
@@ -306,6 +367,9 @@ def pairwise_distances(embeddings: Any, *, metric: str = "euclidean") -> np.ndar
     """
     metric = _check_choice(metric, "metric", METRICS)
     rows = _read_embeddings(embeddings)
+    if ref_embeddings is not None:
+        refs = _read_ref_embeddings(ref_embeddings, rows)
+        return np.array(_cross_distance_matrix(rows, refs, metric), dtype=np.float64).reshape(len(rows), len(refs))
     return np.array(_distance_matrix(rows, metric), dtype=np.float64)
 
 
@@ -337,14 +401,26 @@ def triplet_mask(labels: Any) -> np.ndarray:
     return np.array(out, dtype=bool).reshape(b, b, b)
 
 
-def _prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: str, return_info: Any):
+def _prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: str, return_info: Any,
+             ref_embeddings: Any = None, ref_labels: Any = None):
+    """Validated inputs: ``(rows, y, refs, ref_y, self_ref, m, metric, reduction, return_info)``.
+
+    Without a reference set ``refs is rows``, ``ref_y is y`` and ``self_ref`` is True: the
+    pair ``(a, a)`` is the anchor itself and never a positive.  With one, ``self_ref`` is
+    False and no ``(anchor, reference)`` pair is excluded.
+    """
     metric = _check_choice(metric, "metric", METRICS)
     reduction = _check_choice(reduction, "reduction", REDUCTIONS)
     return_info = _check_bool(return_info, "return_info")
     rows = _read_embeddings(embeddings)
     y = _read_labels(labels, len(rows))
+    refs, ref_y, self_ref = _read_reference(rows, y, ref_embeddings, ref_labels)
     m = _read_margin(margin)
-    return rows, y, m, metric, reduction, return_info
+    return rows, y, refs, ref_y, self_ref, m, metric, reduction, return_info
+
+
+def _nan_in(rows, refs) -> bool:
+    return _has_nan(rows) or (refs is not rows and _has_nan(refs))
 
 
 # --------------------------------------------------------------------------------------
@@ -359,6 +435,8 @@ def batch_all(
     soft: bool = False,
     reduction: str = "mean",
     return_info: bool = False,
+    ref_embeddings: Any = None,
+    ref_labels: Any = None,
 ):
     """Batch-all triplet loss (every valid triplet).
 
@@ -371,24 +449,30 @@ def batch_all(
     * ``"none"``: ``(B, B)`` array ``L[a, p] = sum_n l(a, p, n)`` (0 where (a, p) is not a
       positive pair or the anchor has no negative)
 
+    With a reference set (``ref_embeddings`` ``(R, D)``, ``ref_labels`` ``(R,)``): ``a`` runs
+    over the rows of ``embeddings``, ``p`` and ``n`` over the reference rows, ``d(a, p)`` is
+    the cross distance, and no pair is excluded as the same sample (``y_a == y_p`` suffices);
+    ``"none"`` is ``(B, R)``.
+
     info: ``num_valid`` (#valid triplets), ``num_positive``,
     ``fraction_positive = num_positive / num_valid`` (0.0 when ``num_valid == 0``).
     """
     soft = _check_bool(soft, "soft")
-    rows, y, m, metric, reduction, return_info = _prepare(labels, embeddings, margin, metric, reduction, return_info)
-    b = len(y)
-    d = _distance_matrix(rows, metric)
-    per_pair = [[0.0] * b for _ in range(b)]
+    rows, y, refs, ry, self_ref, m, metric, reduction, return_info = _prepare(
+        labels, embeddings, margin, metric, reduction, return_info, ref_embeddings, ref_labels)
+    b, r = len(y), len(ry)
+    d = _distances_to(rows, refs, self_ref, metric)
+    per_pair = [[0.0] * r for _ in range(b)]
     terms: list[float] = []
     num_valid = 0
     num_positive = 0
     for a in range(b):
-        for p in range(b):
-            if p == a or y[p] != y[a]:
+        for p in range(r):
+            if (self_ref and p == a) or ry[p] != y[a]:
                 continue
             pair_terms = []
-            for n in range(b):
-                if y[n] == y[a]:
+            for n in range(r):
+                if ry[n] == y[a]:
                     continue
                 l = _h(d[a][p] - d[a][n] + m, soft)
                 num_valid += 1
@@ -398,9 +482,9 @@ def batch_all(
             terms.extend(pair_terms)
             if pair_terms:
                 per_pair[a][p] = math.fsum(pair_terms) if not any(math.isnan(t) for t in pair_terms) else math.nan
-    nan_input = _has_nan(rows)
+    nan_input = _nan_in(rows, refs)
     if reduction == "none":
-        loss = np.array(per_pair, dtype=np.float64).reshape(b, b)
+        loss = np.array(per_pair, dtype=np.float64).reshape(b, r)
     else:
         loss = _reduce(terms, num_positive, reduction, nan_input)
     if not return_info:
@@ -422,6 +506,8 @@ def batch_hard(
     soft: bool = False,
     reduction: str = "mean",
     return_info: bool = False,
+    ref_embeddings: Any = None,
+    ref_labels: Any = None,
 ):
     """Batch-hard triplet loss (Hermans, Beyer and Leibe 2017).
 
@@ -434,6 +520,9 @@ def batch_hard(
     * ``"sum"``:  sum over valid anchors
     * ``"none"``: ``(B,)`` array, 0 at invalid anchors
 
+    With a reference set, positives and negatives are reference rows (``y_p == y_a``, no
+    ``p != a`` condition) and the info indices point into the reference set.
+
     info: ``hardest_positive``, ``hardest_negative`` (``(B,)`` int64, -1 at invalid anchors,
     ties to the smallest index), ``valid`` (``(B,)`` bool), ``num_valid``,
     ``fraction_positive`` (valid anchors with ``l > 0`` / valid anchors; 0.0 when none;
@@ -441,9 +530,10 @@ def batch_hard(
     ``mean_hardest_negative_dist`` (means over valid anchors; Decision: 0.0 when none).
     """
     soft = _check_bool(soft, "soft")
-    rows, y, m, metric, reduction, return_info = _prepare(labels, embeddings, margin, metric, reduction, return_info)
-    b = len(y)
-    d = _distance_matrix(rows, metric)
+    rows, y, refs, ry, self_ref, m, metric, reduction, return_info = _prepare(
+        labels, embeddings, margin, metric, reduction, return_info, ref_embeddings, ref_labels)
+    b, r = len(y), len(ry)
+    d = _distances_to(rows, refs, self_ref, metric)
     per_anchor = [0.0] * b
     hard_pos = [-1] * b
     hard_neg = [-1] * b
@@ -453,8 +543,8 @@ def batch_hard(
     hn_vals: list[float] = []
     num_positive = 0
     for a in range(b):
-        positives = [(p, d[a][p]) for p in range(b) if p != a and y[p] == y[a]]
-        negatives = [(n, d[a][n]) for n in range(b) if y[n] != y[a]]
+        positives = [(p, d[a][p]) for p in range(r) if not (self_ref and p == a) and ry[p] == y[a]]
+        negatives = [(n, d[a][n]) for n in range(r) if ry[n] != y[a]]
         if not positives or not negatives:
             continue
         p_idx, hp = _argbest(positives, largest=True)
@@ -470,7 +560,7 @@ def batch_hard(
         if _is_positive(l, soft):
             num_positive += 1
     num_valid = len(terms)
-    nan_input = _has_nan(rows)
+    nan_input = _nan_in(rows, refs)
     if reduction == "none":
         loss = np.array(per_anchor, dtype=np.float64)
     else:
@@ -505,6 +595,8 @@ def batch_semihard(
     metric: str = "euclidean",
     reduction: str = "mean",
     return_info: bool = False,
+    ref_embeddings: Any = None,
+    ref_labels: Any = None,
 ):
     """Semi-hard triplet loss (Schroff, Kalenichenko and Philbin 2015, FaceNet).
 
@@ -520,24 +612,28 @@ def batch_semihard(
     * ``"sum"``:  sum over the terms
     * ``"none"``: ``(B, B)`` array, 0 where ``(a, p)`` is not a term
 
+    With a reference set, ``p`` and ``n`` are reference rows (no ``a != p`` condition),
+    ``"none"`` and ``semihard_negative`` are ``(B, R)`` and the indices point into it.
+
     info: ``semihard_negative`` (``(B, B)`` int64, -1 where not a term), ``num_valid`` (the
     number of terms), ``fraction_positive`` (terms with ``l > 0`` / terms), ``fraction_semihard``
     (terms whose ``n*`` came from the strict rule / terms); fractions 0.0 when there is no term.
     """
-    rows, y, m, metric, reduction, return_info = _prepare(labels, embeddings, margin, metric, reduction, return_info)
-    b = len(y)
-    d = _distance_matrix(rows, metric)
-    per_pair = [[0.0] * b for _ in range(b)]
-    chosen = [[-1] * b for _ in range(b)]
+    rows, y, refs, ry, self_ref, m, metric, reduction, return_info = _prepare(
+        labels, embeddings, margin, metric, reduction, return_info, ref_embeddings, ref_labels)
+    b, r = len(y), len(ry)
+    d = _distances_to(rows, refs, self_ref, metric)
+    per_pair = [[0.0] * r for _ in range(b)]
+    chosen = [[-1] * r for _ in range(b)]
     terms: list[float] = []
     num_positive = 0
     num_semihard = 0
     for a in range(b):
-        negatives = [(n, d[a][n]) for n in range(b) if y[n] != y[a]]
+        negatives = [(n, d[a][n]) for n in range(r) if ry[n] != y[a]]
         if not negatives:
             continue
-        for p in range(b):
-            if p == a or y[p] != y[a]:
+        for p in range(r):
+            if (self_ref and p == a) or ry[p] != y[a]:
                 continue
             dap = d[a][p]
             farther = [(n, dn) for n, dn in negatives if dn > dap]
@@ -553,15 +649,15 @@ def batch_semihard(
             if l > 0.0:
                 num_positive += 1
     num_valid = len(terms)
-    nan_input = _has_nan(rows)
+    nan_input = _nan_in(rows, refs)
     if reduction == "none":
-        loss = np.array(per_pair, dtype=np.float64).reshape(b, b)
+        loss = np.array(per_pair, dtype=np.float64).reshape(b, r)
     else:
         loss = _reduce(terms, num_valid, reduction, nan_input)
     if not return_info:
         return loss
     info = {
-        "semihard_negative": np.array(chosen, dtype=np.int64).reshape(b, b),
+        "semihard_negative": np.array(chosen, dtype=np.int64).reshape(b, r),
         "num_valid": num_valid,
         "fraction_positive": num_positive / num_valid if num_valid else 0.0,
         "fraction_semihard": num_semihard / num_valid if num_valid else 0.0,
@@ -576,6 +672,8 @@ def batch_contrastive(
     *,
     reduction: str = "mean",
     return_info: bool = False,
+    ref_embeddings: Any = None,
+    ref_labels: Any = None,
 ):
     """Contrastive loss over every ordered pair of the batch (Hadsell, Chopra and LeCun 2006).
 
@@ -587,30 +685,36 @@ def batch_contrastive(
     * ``"none"``: Decision: the ``(B, B)`` array ``1/2 * l(i, j)`` (0 on the diagonal), so that
       ``sum(none) == sum`` and ``mean == sum / (B (B - 1))``
 
+    With a reference set (``R`` rows): the terms are all ``B·R`` pairs ``(i, j)``, ``i`` an
+    anchor row and ``j`` a reference row (none excluded); ``"mean"`` divides by ``B·R`` and
+    ``"none"`` is ``(B, R)``.
+
     info (Decision; SEMANTICS.md lists no keys for this loss): ``num_valid`` (the number of
-    terms, ``B (B - 1)``) and ``fraction_positive`` (terms with ``l > 0`` / terms, 0.0 when none).
+    terms, ``B (B - 1)``, or ``B·R``) and ``fraction_positive`` (terms with ``l > 0`` / terms,
+    0.0 when none).
     """
-    rows, y, m, _metric, reduction, return_info = _prepare(labels, embeddings, margin, "euclidean", reduction, return_info)
-    b = len(y)
-    d = _distance_matrix(rows, "euclidean")
-    per_pair = [[0.0] * b for _ in range(b)]
+    rows, y, refs, ry, self_ref, m, _metric, reduction, return_info = _prepare(
+        labels, embeddings, margin, "euclidean", reduction, return_info, ref_embeddings, ref_labels)
+    b, r = len(y), len(ry)
+    d = _distances_to(rows, refs, self_ref, "euclidean")
+    per_pair = [[0.0] * r for _ in range(b)]
     terms: list[float] = []
     num_positive = 0
     for i in range(b):
-        for j in range(b):
-            if i == j:
+        for j in range(r):
+            if self_ref and i == j:
                 continue
             e = d[i][j]
-            l = e * e if y[i] == y[j] else hinge(m - e) ** 2
+            l = e * e if y[i] == ry[j] else hinge(m - e) ** 2
             per_pair[i][j] = 0.5 * l
             terms.append(l)
             if l > 0.0:
                 num_positive += 1
     num_valid = len(terms)
     if reduction == "none":
-        loss = np.array(per_pair, dtype=np.float64).reshape(b, b)
+        loss = np.array(per_pair, dtype=np.float64).reshape(b, r)
     else:
-        loss = _reduce(terms, num_valid, reduction, _has_nan(rows), half=True)
+        loss = _reduce(terms, num_valid, reduction, _nan_in(rows, refs), half=True)
     if not return_info:
         return loss
     info = {

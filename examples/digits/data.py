@@ -1,4 +1,5 @@
-"""The 8x8 digits of scikit-learn, split into seen (0-6) and unseen (7-9) classes, and a P x K sampler."""
+"""The 8x8 digits of scikit-learn, split into seen (0-6) and unseen (7-9) classes (the P x K
+sampler is the package's: ``triplet_ref.PKSampler``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,43 +46,6 @@ def load_split(seed: int = 0, seen_test_fraction: float = 0.25) -> DigitsSplit:
     test = np.sort(np.concatenate(test_idx))
     unseen = np.flatnonzero(np.isin(y, UNSEEN_DIGITS))
     return DigitsSplit(x[train], y[train], x[test], y[test], x[unseen], y[unseen])
-
-
-class PKSampler:
-    """Batches of P classes x K images: the sampling of Hermans et al. (2017) for batch-hard mining.
-
-    Each batch draws ``p`` distinct classes, then ``k`` distinct images of each (with
-    replacement only if a class has fewer than ``k`` images). Indices come class by class.
-    """
-
-    def __init__(self, labels: np.ndarray, p: int, k: int, seed: int = 0):
-        labels = np.asarray(labels)
-        if labels.ndim != 1:
-            raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-        self.classes = np.unique(labels)
-        if not 2 <= p <= self.classes.size:
-            raise ValueError(f"p must be in [2, {self.classes.size}] (the number of classes), got {p}")
-        if k < 2:
-            raise ValueError(f"k must be at least 2 (an anchor needs a positive), got {k}")
-        self.p, self.k = int(p), int(k)
-        self._by_class = {int(c): np.flatnonzero(labels == c) for c in self.classes}
-        self._rng = np.random.default_rng(seed)
-
-    @property
-    def batch_size(self) -> int:
-        return self.p * self.k
-
-    def sample(self) -> np.ndarray:
-        chosen = self._rng.choice(self.classes, size=self.p, replace=False)
-        parts = []
-        for c in chosen:
-            pool = self._by_class[int(c)]
-            parts.append(self._rng.choice(pool, size=self.k, replace=pool.size < self.k))
-        return np.concatenate(parts)
-
-    def __iter__(self):
-        while True:
-            yield self.sample()
 
 
 def random_shift(x: np.ndarray, rng: np.random.Generator, max_shift: int = 1) -> np.ndarray:

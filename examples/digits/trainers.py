@@ -18,7 +18,9 @@ import numpy as np
 
 import array_api_compat
 
-from .data import DigitsSplit, PKSampler
+from triplet_ref import PKSampler
+
+from .data import DigitsSplit
 from .objective import CURVES, Config, l2_normalize, objective
 
 

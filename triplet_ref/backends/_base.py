@@ -114,12 +114,12 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.logaddexp(x, zero)
 
-    def native_kernel(self, name: str, like: Any):
-        """A backend-native implementation of a mining step, or None for the portable one.
-
-        ``name`` is ``"batch_all"`` → ``f(d, pos, neg, margin) -> (per_pair, count)``
-        (differentiable in ``d``) or ``"semihard"`` → ``f(d, neg, term) -> (chosen,
-        semihard)``; ``like`` is the distance matrix (its device decides).
+    def native_kernel(self, step, like: Any):
+        """This backend's native implementation of a mining step (a
+        :class:`triplet_ref.mining.Step`), or None where it has none: a function of the
+        step's arrays with the step's outputs (see ``triplet_ref/mining/``).  ``like`` is
+        the step's first array (its device decides).  The dispatcher
+        (:func:`triplet_ref.mining.run`) calls it; losses never do.
         """
         return None
 

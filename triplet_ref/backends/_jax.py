@@ -23,7 +23,8 @@ def _safe_sqrt_jvp(primals, tangents):
 
 # --- the NumPy kernels through pure_callback on CPU -----------------------------------
 
-from . import _kernels  # noqa: E402
+from ..mining.batch_all import batch_all_backward, batch_all_forward  # noqa: E402
+from ..mining.semihard import semihard_choice  # noqa: E402
 
 
 def _int_dtype():
@@ -35,7 +36,7 @@ def _batch_all_call(d, pos, neg, margin):
     shapes = (jax.ShapeDtypeStruct(d.shape, d.dtype), jax.ShapeDtypeStruct(d.shape, idt))
 
     def host(d, pos, neg, margin):
-        out, count = _kernels.batch_all_forward(np.asarray(d), np.asarray(pos), np.asarray(neg),
+        out, count = batch_all_forward(np.asarray(d), np.asarray(pos), np.asarray(neg),
                                                 float(np.asarray(margin)))
         return out, count.astype(idt)
 
@@ -59,7 +60,7 @@ def _batch_all_bwd(res, cts):
     grad = cts[0]
 
     def host(d, pos, neg, margin, grad, count):
-        return _kernels.batch_all_backward(np.asarray(d), np.asarray(pos), np.asarray(neg),
+        return batch_all_backward(np.asarray(d), np.asarray(pos), np.asarray(neg),
                                            float(np.asarray(margin)), np.asarray(grad),
                                            np.asarray(count))
 
@@ -81,7 +82,7 @@ def _native_semihard(d, neg, term):
     shapes = (jax.ShapeDtypeStruct(d.shape, idt), jax.ShapeDtypeStruct(d.shape, jnp.bool_))
 
     def host(d, neg, term):
-        chosen, semi = _kernels.semihard_choice(np.asarray(d), np.asarray(neg), np.asarray(term))
+        chosen, semi = semihard_choice(np.asarray(d), np.asarray(neg), np.asarray(term))
         return chosen.astype(idt), semi
 
     return jax.pure_callback(host, shapes, jax.lax.stop_gradient(d), neg, term)
@@ -154,10 +155,10 @@ class JaxBackend(Backend):
     def softplus(self, xp, x):
         return jax.nn.softplus(x)
 
-    def native_kernel(self, name, like):
+    def native_kernel(self, step, like):
         if not _on_cpu(like):
             return None  # GPU: the portable jnp.sort / searchsorted path
-        return {"batch_all": _native_batch_all, "semihard": _native_semihard}.get(name)
+        return {"batch_all_hinge": _native_batch_all, "semihard_choice": _native_semihard}.get(step.name)
 
     def value_and_grad(self, fn, x):
         v, g = jax.value_and_grad(fn)(x)

@@ -6,7 +6,7 @@ import numpy as np
 from ._base import Backend
 
 
-from ._kernels import bsearch as _bsearch
+from ..mining._blocks import bsearch as _bsearch
 
 
 class NumpyBackend(Backend):
@@ -71,14 +71,9 @@ class NumpyBackend(Backend):
     def take_rows(self, xp, x, idx):
         return np.take_along_axis(x, np.asarray(idx, dtype=np.intp), axis=-1)
 
-    def native_kernel(self, name, like):
-        from . import _kernels
-
-        if name == "batch_all":
-            return _kernels.batch_all_forward
-        if name == "semihard":
-            return _kernels.semihard_choice
-        return None
+    def native_kernel(self, step, like):
+        # the steps' NumPy kernels are NumPy's native implementation
+        return step.kernel.forward if step.kernel is not None else None
 
     def devices(self):
         return ["cpu"]

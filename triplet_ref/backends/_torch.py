@@ -27,12 +27,14 @@ class _SafeSqrt(torch.autograd.Function):
 # --- the NumPy kernels as custom ops for CPU tensors (opaque to torch.compile) ---------
 from torch import Tensor  # noqa: E402
 
-from . import _kernels  # noqa: E402
+from ..mining import SQDIST  # noqa: E402
+from ..mining.batch_all import batch_all_backward, batch_all_forward  # noqa: E402
+from ..mining.semihard import semihard_choice  # noqa: E402
 
 
 @torch.library.custom_op("triplet_ref::batch_all_fwd", mutates_args=())
 def _batch_all_fwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    out, count = _kernels.batch_all_forward(d.numpy(), pos.numpy(), neg.numpy(), margin)
+    out, count = batch_all_forward(d.numpy(), pos.numpy(), neg.numpy(), margin)
     return torch.from_numpy(out), torch.from_numpy(count)
 
 
@@ -44,7 +46,7 @@ def _(d, pos, neg, margin):
 @torch.library.custom_op("triplet_ref::batch_all_bwd", mutates_args=())
 def _batch_all_bwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float, grad: Tensor,
                    count: Tensor) -> Tensor:
-    return torch.from_numpy(_kernels.batch_all_backward(
+    return torch.from_numpy(batch_all_backward(
         d.numpy(), pos.numpy(), neg.numpy(), margin, grad.numpy(), count.numpy()))
 
 
@@ -69,7 +71,7 @@ _batch_all_fwd.register_autograd(_batch_all_backward, setup_context=_batch_all_s
 
 @torch.library.custom_op("triplet_ref::semihard_choice", mutates_args=())
 def _semihard_choice(d: Tensor, neg: Tensor, term: Tensor) -> tuple[Tensor, Tensor]:
-    chosen, semi = _kernels.semihard_choice(d.numpy(), neg.numpy(), term.numpy())
+    chosen, semi = semihard_choice(d.numpy(), neg.numpy(), term.numpy())
     return torch.from_numpy(chosen), torch.from_numpy(semi)
 
 
@@ -130,15 +132,15 @@ class TorchBackend(Backend):
     def safe_sqrt(self, xp, x):
         return _SafeSqrt.apply(x)
 
-    def native_kernel(self, name, like):
-        if name == "sqdist":
+    def native_kernel(self, step, like):
+        if step is SQDIST:
             from ..distances import close_pair_threshold
 
             return lambda x, squared: _PairwiseSq.apply(
                 x, squared, close_pair_threshold(torch, x.dtype))
         if like.device.type != "cpu":
             return None  # CUDA: the portable torch.sort / torch.searchsorted path
-        return {"batch_all": _native_batch_all, "semihard": _native_semihard}.get(name)
+        return {"batch_all_hinge": _native_batch_all, "semihard_choice": _native_semihard}.get(step.name)
 
     def refine_sqdist(self, xp, x, d, w, tau, pairs):
         from .. import distances

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..mining import run
+from ..mining.batch_all import HINGE, SOFT
 from ._common import as_float, count_true, finish, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_all"]
-
-# soft=True cannot be summed from sorted distances (softplus has no closed-form sum), so
-# it is computed for blocks of anchors; a block holds at most this many elements
-# (b × B × B), plus one B × B block when B² is larger: memory stays O(B²).
-_SOFT_BLOCK_ELEMENTS = 1 << 22
-
 
 def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
               soft: bool = False, reduction: str = "mean", return_info: bool = False,
@@ -49,13 +45,7 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
     xp = ctx.xp
     idt = ctx.backend.index_dtype(xp)
-    native = None if soft else ctx.backend.native_kernel("batch_all", d)
-    if soft:
-        per_pair, num_positive = _soft_rows(ctx, d, pos, neg, m)
-    elif native is not None:
-        per_pair, num_positive = native(d, pos, neg, m)
-    else:
-        per_pair, num_positive = _hinge_rows(ctx, d, pos, neg, m)
+    per_pair, num_positive = run(SOFT if soft else HINGE, ctx, d, pos, neg, scalar(ctx, m))
     num_pos_f = xp.sum(as_float(ctx, num_positive))
     loss = reduce(ctx, per_pair, num_pos_f, reduction)
     info = None
@@ -71,56 +61,3 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
                 ctx, as_float(ctx, total_pos), as_float(ctx, num_valid))),
         }
     return finish(ctx, loss, x, info, return_info)
-
-
-def _hinge_rows(ctx, d, pos, neg, m):
-    """``L[a, p]`` and the per-pair count of positive triplets, from sorted negatives."""
-    xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
-    zero = scalar(ctx, 0)
-    inf = scalar(ctx, float("inf"))
-    idt = be.index_dtype(xp)
-    nneg = count_true(ctx, neg, axis=1)
-
-    # negatives ascending, +inf after them (the sort is differentiable)
-    srt = be.sort_rows(xp, xp.where(neg, d, inf))
-    col = xp.arange(B, dtype=idt, device=ctx.device)
-    real = col[None, :] < nneg[:, None]
-    # shift each row by its smallest negative: the prefix sums stay small, which keeps
-    # float32 cancellation in c·v − Σ d(a, n) low; the shift cancels exactly in L
-    has_neg = nneg > xp.zeros((), dtype=idt, device=ctx.device)
-    base = xp.where(has_neg, srt[:, 0], zero)
-    shifted = xp.where(real, srt - base[:, None], zero)
-    prefix = xp.cumulative_sum(shifted, axis=1, include_initial=True)  # (B, B + 1)
-
-    v = d + scalar(ctx, m)
-    count = be.searchsorted_rows(xp, srt, v, side="left", where=pos)  # #{n: d(a,n) < v}
-    count = xp.where(pos, xp.astype(count, idt), xp.zeros((), dtype=idt, device=ctx.device))
-    below = be.take_rows(xp, prefix, count)
-    cf = as_float(ctx, count)
-    per_pair = xp.where(pos, cf * (v - base[:, None]) - below, zero)
-    # Σ (v − d) over the counted negatives is ≥ 0; rounding must not make it negative
-    per_pair = xp.maximum(per_pair, zero)
-    return per_pair, count
-
-
-def _soft_rows(ctx, d, pos, neg, m):
-    """softplus version: blocks of anchors, each ``(b, B, B)`` with b·B² ≤ the budget."""
-    xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
-    zero = scalar(ctx, 0)
-    idt = be.index_dtype(xp)
-    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (B * B)))
-    rows, counts = [], []
-    for start in range(0, B, blk):
-        stop = min(B, start + blk)
-        da = d[start:stop, :]
-        t = da[:, :, None] - da[:, None, :] + scalar(ctx, m)  # (b, p, n)
-        mask = pos[start:stop, :, None] & neg[start:stop, None, :]
-        lt = xp.where(mask, be.softplus(xp, t), zero)
-        rows.append(xp.sum(lt, axis=2))
-        # softplus > 0 on all of R: every valid triplet is positive (docs/semantics.md)
-        counts.append(xp.sum(xp.astype(mask, idt), axis=2))
-    if len(rows) == 1:
-        return rows[0], counts[0]
-    return xp.concat(rows, axis=0), xp.concat(counts, axis=0)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..mining import run
+from ..mining.semihard import CHOICE
 from ._common import as_float, count_true, finish, hinge, prepare, reduce, safe_divide, scalar
 
 __all__ = ["batch_semihard"]
@@ -48,12 +50,8 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
     nneg = count_true(ctx, neg, axis=1)
     term = pos & (nneg > izero)[:, None]
 
-    native = be.native_kernel("semihard", d)
-    if native is not None:
-        chosen, semihard = native(d, neg, term)
-        chosen = xp.astype(chosen, idt, copy=False)
-    else:
-        chosen, semihard = _choose(ctx, d, neg, term, nneg)
+    chosen, semihard = run(CHOICE, ctx, d, neg, term)
+    chosen = xp.astype(chosen, idt, copy=False)
 
     d_neg = be.take_rows(xp, d, chosen)
     arg = d - d_neg + scalar(ctx, m)
@@ -73,27 +71,3 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
                 ctx, xp.sum(as_float(ctx, semihard)), num_terms)),
         }
     return finish(ctx, loss, x, info, return_info)
-
-
-def _choose(ctx, d, neg, term, nneg):
-    """Portable semi-hard mining: ``(chosen, semihard)`` index and flag matrices."""
-    xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
-    idt = be.index_dtype(xp)
-    izero = xp.zeros((), dtype=idt, device=ctx.device)
-    inf = scalar(ctx, float("inf"))
-    dn = xp.where(neg, d, inf)
-    order = xp.astype(be.argsort_rows(xp, dn), idt)  # stable: ties keep index order
-    srt = be.take_rows(xp, dn, order)
-
-    # first sorted position with d(a, n) > d(a, p): its value is the smallest such
-    # distance and, the sort being stable, its index the smallest among ties
-    first_greater = xp.astype(be.searchsorted_rows(xp, srt, d, side="right", where=term), idt)
-    semihard = term & (first_greater < nneg[:, None])
-    # fallback: the largest negative distance, at its first sorted position
-    last = xp.maximum(nneg - xp.ones((), dtype=idt, device=ctx.device), izero)
-    largest = be.take_rows(xp, srt, last[:, None])
-    first_largest = xp.astype(be.searchsorted_rows(xp, srt, largest, side="left"), idt)
-    pos_sorted = xp.where(semihard, first_greater, first_largest)
-    pos_sorted = xp.minimum(pos_sorted, xp.asarray(B - 1, dtype=idt, device=ctx.device))
-    return be.take_rows(xp, order, pos_sorted), semihard

@@ -1,0 +1,47 @@
+"""The mining engine: every step that has more than one implementation, in one place.
+
+=======================  ====================================================  ==================
+step                     portable (array API)                                  native
+=======================  ====================================================  ==================
+:data:`SQDIST`           Gram formula (:func:`triplet_ref.distances.gram_sqdist`)  torch CPU/CUDA kernel
+:data:`BATCH_ALL_HINGE`  :func:`.batch_all.hinge_rows`                         NumPy kernel
+:data:`BATCH_ALL_SOFT`   :func:`.batch_all.soft_rows`                          —
+:data:`SEMIHARD_CHOICE`  :func:`.semihard.choose`                              NumPy kernel
+=======================  ====================================================  ==================
+
+A NumPy kernel is native on every CPU backend: NumPy calls it, torch through a custom op
+and JAX through ``pure_callback`` — bridges built once, generically, from the step's
+:class:`Kernel` spec (``triplet_ref/backends/_torch.py``, ``_jax.py``).  On GPU the
+portable version runs.  The losses call :func:`run` only; :func:`force` makes every step
+run one implementation (``"portable"`` or ``"native"``), for tests.
+"""
+from __future__ import annotations
+
+from ._dispatch import Impl, Kernel, Step, force, forced, has_native, implementation, run
+from .sqdist import SQDIST
+
+__all__ = [
+    "Impl", "Kernel", "Step", "force", "forced", "has_native", "implementation", "run",
+    "STEPS", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
+]
+
+_LAZY = {
+    "BATCH_ALL_HINGE": ("batch_all", "HINGE"),
+    "BATCH_ALL_SOFT": ("batch_all", "SOFT"),
+    "SEMIHARD_CHOICE": ("semihard", "CHOICE"),
+}
+
+
+def __getattr__(name):
+    # the loss steps use the losses' shared helpers, and the losses import this package:
+    # their modules load on first use (distances.py needs only SQDIST and run)
+    import importlib
+
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    if name == "STEPS":
+        #: every mining step, by name
+        return {s.name: s for s in (SQDIST, __getattr__("BATCH_ALL_HINGE"), __getattr__("BATCH_ALL_SOFT"),
+                                    __getattr__("SEMIHARD_CHOICE"))}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
