@@ -95,9 +95,9 @@ def gram_sqdist(ctx: Context, x, squared: bool):
     # in place.
     n = G.shape[0]
     sq = xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
-    d2 = be.gram_to_sqdist(xp, G, sq)
-    d2 = be.refine_sqdist(xp, x, d2, sq, close_pair_threshold(xp, x.dtype), sqeuclidean_pairs)
-    return be.finish_sqdist(xp, d2, sqrt=not squared)
+    # d² = sq_i + sq_j - 2 G_ij, the close pairs recomputed from x, clamped, diagonal 0
+    return be.sqdist_from_gram(xp, x, G, sq, close_pair_threshold(xp, x.dtype),
+                               sqeuclidean_pairs, not squared)
 
 
 # ------------------------------------------------------------------ close-pair refinement

@@ -398,6 +398,18 @@ def _refine_sqdist(self, xp, x, d, w, tau, pairs):
 Backend.refine_sqdist = _refine_sqdist
 
 
+def _sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
+    """Distances from the Gram matrix ``G`` of the shifted rows (``sq`` its diagonal):
+    ``gram_to_sqdist``, ``refine_sqdist`` (close pairs from ``x``), ``finish_sqdist``.
+    Backends may fuse the three (NumPy does, one row block at a time)."""
+    d2 = self.gram_to_sqdist(xp, G, sq)
+    d2 = self.refine_sqdist(xp, x, d2, sq, tau, pairs)
+    return self.finish_sqdist(xp, d2, sqrt=sqrt)
+
+
+Backend.sqdist_from_gram = _sqdist_from_gram
+
+
 def resolve_labels(labels: Any, backend: Any = None, name: str = "labels"):
     """Resolve a labels-only call (the masks): returns ``(backend, xp, labels)``."""
     from . import backend_of, get_backend

@@ -1,6 +1,8 @@
 """JAX backend (CPU and GPU); imported only when jax is in use."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -192,59 +194,90 @@ _REFINE_BLOCK = 16
 
 def _refine_static(x, d, w, tau, pairs):
     """``Backend.refine_sqdist`` (contract in ``_base._refine_sqdist``) with static shapes:
-    ``lax.cond`` skips it when no pair is close; up to 16·B close pairs are gathered with
-    ``jnp.nonzero(size=...)`` and recomputed, more take a dense row-block recomputation.
-    Differentiable (the refined pairs' gradient is that of the direct formula)."""
+    nothing to do when no pair is close; up to 16·B close pairs are gathered with
+    ``jnp.nonzero(size=...)`` and recomputed (``_sparse``), more take a dense row-block
+    recomputation (``_dense``); then duplicates are canonicalised (``_canonical``).
+    With concrete values (eager, also under ``jax.grad``) the choices are made in Python,
+    so only the branch taken is compiled (once per shape); traced under ``jax.jit`` they
+    are ``lax.cond``.  Differentiable: refined pairs get the direct formula's gradient."""
     n = d.shape[0]
     if n < 2:
         return d
+    upper, count = _close_pairs(d, w, tau)
+    size = min(n * (n - 1) // 2, _REFINE_PAIRS_PER_ROW * n)
+    idx = jnp.arange(n)
+    try:
+        count = int(count)
+    except jax.errors.ConcretizationTypeError:  # traced (jax.jit): static-shape conds
+        def refine(d):
+            return jax.lax.cond(count <= size, partial(_sparse, size=size, pairs=pairs),
+                                partial(_dense, tau=tau, pairs=pairs), x, d, w, upper)
+
+        d, rep = jax.lax.cond(count > 0, lambda x, d, w, upper: refine(d),
+                              lambda x, d, w, upper: (d, idx), x, d, w, upper)
+        return jax.lax.cond(jnp.any(rep != idx), _canonical, lambda d, rep: d, d, rep)
+    if count == 0:
+        return d
+    if count <= size:
+        d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs)
+    else:
+        d, rep = _dense(x, d, w, upper, tau=tau, pairs=pairs)
+    return _canonical(d, rep) if bool(jnp.any(rep != idx)) else d
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _close_pairs(d, w, tau):
+    """The pairs ``i < j`` with ``d_ij < tau·(w_i + w_j)``, and their number."""
+    n = d.shape[0]
     idx = jnp.arange(n)
     thr = w * tau
-    close = d < thr[:, None] + thr[None, :]
-    upper = close & (idx[:, None] < idx[None, :])
-    count = jnp.sum(upper)
-    size = min(n * (n - 1) // 2, _REFINE_PAIRS_PER_ROW * n)
+    upper = (d < thr[:, None] + thr[None, :]) & (idx[:, None] < idx[None, :])
+    return upper, jnp.sum(upper)
 
-    def sparse(d):
-        r, c = jnp.nonzero(upper, size=size, fill_value=0)
-        a, b = x[r], x[c]
-        v = pairs(jnp, a, b)
-        real = r < c  # the fill entries are (0, 0)
-        v = jnp.where(real, v, d[r, c])
-        d = d.at[r, c].set(v).at[c, r].set(v)
-        dup = real & (v == 0) & jnp.all(a == b, axis=-1)
-        rep = idx.at[c].min(jnp.where(dup, r, n))
-        return d, rep
 
-    def dense(d):
-        bs = min(_REFINE_BLOCK, n)
+@partial(jax.jit, static_argnames=("size", "pairs"))
+def _sparse(x, d, w, upper, *, size, pairs):
+    """Recompute up to ``size`` close pairs (``upper``); returns ``(d, rep)``, ``rep_i`` the
+    first row equal to row ``i``."""
+    n = d.shape[0]
+    idx = jnp.arange(n)
+    r, c = jnp.nonzero(upper, size=size, fill_value=0)
+    a, b = x[r], x[c]
+    v = pairs(jnp, a, b)
+    real = r < c  # the fill entries are (0, 0)
+    v = jnp.where(real, v, d[r, c])
+    d = d.at[r, c].set(v).at[c, r].set(v)
+    dup = real & (v == 0) & jnp.all(a == b, axis=-1)
+    return d, idx.at[c].min(jnp.where(dup, r, n))
 
-        def body(k, carry):
-            d, rep = carry
-            s = jnp.minimum(k * bs, n - bs)
-            a = jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0)[:, None, :]
-            fb = jax.lax.dynamic_slice_in_dim(close, s, bs, axis=0)
-            db = jax.lax.dynamic_slice_in_dim(d, s, bs, axis=0)
-            v = pairs(jnp, a, x[None, :, :])
-            d = jax.lax.dynamic_update_slice_in_dim(d, jnp.where(fb, v, db), s, axis=0)
-            dup = fb & (v == 0) & jnp.all(a == x[None, :, :], axis=-1)
-            first = jnp.min(jnp.where(dup, idx[None, :], n), axis=1)
-            rows = s + jnp.arange(bs)
-            return d, rep.at[rows].min(first)
 
-        d, rep = jax.lax.fori_loop(0, -(-n // bs), body, (d, idx))
-        # exact symmetry (the direct formula need not be symmetric bit for bit)
-        return jnp.where(idx[:, None] < idx[None, :], d, d.T), rep
+@partial(jax.jit, static_argnames=("tau", "pairs"))
+def _dense(x, d, w, upper, *, tau, pairs):
+    """Recompute every close pair, one block of rows at a time (any number of them)."""
+    n = d.shape[0]
+    idx = jnp.arange(n)
+    close = upper | upper.T
+    bs = min(_REFINE_BLOCK, n)
 
-    def refine(d):
-        return jax.lax.cond(count <= size, sparse, dense, d)
+    def body(k, carry):
+        d, rep = carry
+        s = jnp.minimum(k * bs, n - bs)
+        a = jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0)[:, None, :]
+        fb = jax.lax.dynamic_slice_in_dim(close, s, bs, axis=0)
+        db = jax.lax.dynamic_slice_in_dim(d, s, bs, axis=0)
+        v = pairs(jnp, a, x[None, :, :])
+        d = jax.lax.dynamic_update_slice_in_dim(d, jnp.where(fb, v, db), s, axis=0)
+        dup = fb & (v == 0) & jnp.all(a == x[None, :, :], axis=-1)
+        first = jnp.min(jnp.where(dup, idx[None, :], n), axis=1)
+        return d, rep.at[s + jnp.arange(bs)].min(first)
 
-    d, rep = jax.lax.cond(count > 0, refine, lambda d: (d, idx), d)
-
-    return jax.lax.cond(jnp.any(rep != idx), _canonical, lambda d, rep: d, d, rep)
+    d, rep = jax.lax.fori_loop(0, -(-n // bs), body, (d, idx))
+    # exact symmetry (the direct formula need not be symmetric bit for bit)
+    return jnp.where(idx[:, None] < idx[None, :], d, d.T), rep
 
 
 @jax.custom_jvp
+@jax.jit
 def _canonical(d, rep):
     """``d[i, j] <- d[rep_i, rep_j]`` with ``d[r, r] = 0``: rows equal to row ``rep_i`` take
     its distances (exactly 0 apart, exactly equidistant from the others)."""

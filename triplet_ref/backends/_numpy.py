@@ -35,6 +35,35 @@ class NumpyBackend(Backend):
         G += sq[:, None] + sq[None, :]
         return G
 
+    def sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
+        # gram_to_sqdist + refine_sqdist + finish_sqdist fused, one cache-sized block of
+        # rows at a time (one pass over G in memory instead of five); G is a fresh,
+        # exactly symmetric (syrk) intermediate, so the work is done in place
+        n = G.shape[0]
+        thr = sq * tau
+        screen = thr + (thr.max() if n else 0)
+        found = []
+        step = max(1, (1 << 16) // max(1, n))
+        for i in range(0, n, step):
+            g = G[i:i + step]
+            g *= -2
+            g += sq[i:i + step, None] + sq[None, :]
+            m = g < screen[i:i + step, None]
+            if m.any():
+                r, c = np.nonzero(m)
+                r += i
+                keep = c > r
+                r, c = r[keep], c[keep]
+                found.append((r, c, G[r, c]))
+            np.maximum(g, 0, out=g)
+            if sqrt:
+                np.sqrt(g, out=g)
+        np.fill_diagonal(G, 0)
+        if found:
+            r, c, vals = (np.concatenate(z) for z in zip(*found))
+            refine_sparse_inplace(np, x, G, sq, tau, pairs, sqrt=sqrt, found=(r, c, vals))
+        return G
+
     def refine_sqdist(self, xp, x, d, w, tau, pairs):
         # the contract is the portable version's (_base._refine_sqdist); sparse and in
         # place: only the close pairs are found (np.nonzero) and recomputed
