@@ -109,12 +109,13 @@ def close_pair_threshold(xp, dtype) -> float:
     """``tau``: a pair whose Gram-formula value ``d²_ij < tau·(w_i + w_j)`` is recomputed
     from the coordinates (``w`` = the shifted rows' squared norms; 1/2 for cosine).
 
-    The Gram formula's absolute error on ``d²_ij`` is at most ``gamma·eps·(w_i + w_j)`` with
-    ``gamma`` measured below 8 (``python tests/measure_tolerance.py --close``, D up to
-    1024); every pair left to it therefore has relative error at most
-    ``gamma·eps/tau = 0.08·sqrt(eps)`` on ``d²`` (2.8e-5 in float32, 1.2e-9 in float64),
-    and every refined pair is a direct difference, accurate to a few eps.  tau is 0.035
-    in float32 (pairs closer than ~0.26 of their norm are refined) and 1.5e-6 in float64.
+    The Gram formula's absolute error on ``d²_ij`` is at most ``gamma·eps·(w_i + w_j)``,
+    ``gamma`` measured at most 16 (``python tests/measure_tolerance.py --close`` and
+    ``--close --dtype float64``: NumPy, torch and JAX matmuls, D up to 1024); every pair
+    left to it therefore has relative error at most ``gamma·eps/tau = 0.16·sqrt(eps)`` on
+    ``d²`` (5.5e-5 in float32, 2.4e-9 in float64; half that on ``d``), and every refined
+    pair is a direct difference, accurate to a few eps.  tau is 0.035 in float32 (pairs
+    closer than ~0.26 of their norm are refined) and 1.5e-6 in float64.
     """
     return CLOSE_PAIR_FACTOR * float(xp.finfo(dtype).eps) ** 0.5
 
