@@ -32,23 +32,35 @@ if HERE not in sys.path:
 
 # ---------------------------------------------------------------- inputs
 
-def make_inputs(b: int, d: int, k: int, seed: int):
-    """A P x K labelled batch (K examples of each of B/K classes, shuffled), float32.
+def make_inputs(b: int, d: int, k: int, seed: int, labels: str | None = None):
+    """A labelled batch, float32: labels of the regime ``labels`` (``triplet_ref.testing.regimes``:
+    ``pk4``, ``two_classes``, ...), by default P x K (K examples of each of B/K classes), shuffled.
 
     Embeddings are class centres scaled by 0.3 plus unit noise: classes overlap enough that
     many triplets violate the margin of 1 and semi-hard negatives exist, as mid-training.
     """
     import numpy as np
 
-    if b % k:
-        raise ValueError(f"batch size {b} is not a multiple of K={k}")
+    from triplet_ref.testing.regimes import REGIMES, make_labels, pk_labels
+
     rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(b // k, dtype=np.int64), k)
-    rng.shuffle(labels)
-    centres = rng.standard_normal((b // k, d)).astype(np.float32)
+    regime = labels or default_labels(k)
+    if regime in REGIMES:
+        y = make_labels(regime, b, seed)
+    else:  # P x K with a K that is no named regime
+        if b % k:
+            raise ValueError(f"batch size {b} is not a multiple of K={k}")
+        y = pk_labels(b, k)[rng.permutation(b)]
+    ids, y = np.unique(y, return_inverse=True)
+    centres = rng.standard_normal((ids.size, d)).astype(np.float32)
     noise = rng.standard_normal((b, d)).astype(np.float32)
-    emb = (0.3 * centres[labels] + noise).astype(np.float32)
-    return labels, emb
+    emb = (0.3 * centres[y] + noise).astype(np.float32)
+    return y.astype(np.int64), emb
+
+
+def default_labels(k: int) -> str:
+    """The sweep's base label regime: P x K with the ``--k`` examples per class."""
+    return f"pk{k}"
 
 
 # ---------------------------------------------------------------- memory probes
@@ -275,11 +287,11 @@ def measure(cfg: dict) -> dict:
     k, d, seed = cfg["k"], cfg["d"], cfg["seed"]
 
     # prime on a tiny batch: lazy imports, thread pools, kernels' first-use allocations
-    y_s, x_s = backend.convert(*make_inputs(4 * k, d, k, seed))
+    y_s, x_s = backend.convert(*make_inputs(4 * k, d, k, seed, cfg.get("labels")))
     backend.runner(f, y_s, x_s, cfg["mode"])()
     del y_s, x_s
 
-    y, x = backend.convert(*make_inputs(cfg["b"], d, k, seed))
+    y, x = backend.convert(*make_inputs(cfg["b"], d, k, seed, cfg.get("labels")))
     gc.collect()
     baseline = rss_bytes()
     gpu_base = backend.gpu_used() if backend.gpu else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 LOSSES = ("batch_all", "batch_hard", "batch_semihard", "batch_contrastive")
+SOFT = ("batch_all_soft",)  # batch_all(..., soft=True): the softplus version
 FLOORS = ("pairwise_distances", "matmul")
 MARGIN = 1.0
 
@@ -37,16 +38,18 @@ class Impl:
 
 IMPLS = {
     "triplet_ref": Impl(
-        "triplet_ref", "triplet_ref", LOSSES + ("pairwise_distances",),
+        "triplet_ref", "triplet_ref", LOSSES + SOFT + ("pairwise_distances",),
         CPU_BACKENDS + GPU_BACKENDS, 2.0,
     ),
     "bare": Impl("bare", "X @ X.T", ("matmul",), CPU_BACKENDS + GPU_BACKENDS, 2.0),
     "pml": Impl(
-        "pml", "pytorch-metric-learning", ("batch_all", "batch_hard"),
+        "pml", "pytorch-metric-learning", ("batch_all", "batch_all_soft", "batch_hard"),
         ("torch", "torch-cuda"), 2.0,
         notes={
             "batch_all": "TripletMarginLoss(margin=1, LpDistance(normalize_embeddings=False)), "
             "all triplets, AvgNonZeroReducer: enumerates every triplet as int64 indices",
+            "batch_all_soft": "TripletMarginLoss(margin=1, smooth_loss=True, LpDistance(normalize_embeddings=False)), "
+            "all triplets: softplus of every triplet (every one > 0, so its AvgNonZeroReducer is the mean)",
             "batch_hard": "BatchHardMiner + TripletMarginLoss(margin=1, MeanReducer), unnormalised "
             "LpDistance; with its default AvgNonZeroReducer it would average over anchors with l > 0",
         },
@@ -92,7 +95,7 @@ def predicted_bytes(impl: str, loss: str, mode: str, b: int, k: int) -> float | 
         from dense import predicted_bytes as dense_bytes
 
         return dense_bytes(loss, mode, b)
-    if impl == "pml" and loss == "batch_all":
+    if impl == "pml" and loss in ("batch_all", "batch_all_soft"):
         # torch.where on the (B, B, B) uint8 triplet mask when B^3 < 2^31 (else a per-anchor
         # loop), then per triplet 3 int64 indices, 2 gathered distances, margin, hinge,
         # the reducer's > 0 mask and selection: ~50 bytes (~70 with autograd); measured
@@ -110,11 +113,13 @@ def build(impl: str, loss: str, backend: str):
     if impl == "triplet_ref":
         import triplet_ref as tr
 
-        fn = getattr(tr, loss, None)
+        fn = getattr(tr, "batch_all" if loss == "batch_all_soft" else loss, None)
         if fn is None:
             raise NotImplementedError(f"triplet_ref.{loss} is not importable yet")
         if loss == "pairwise_distances":
             return lambda y, x: fn(x)
+        if loss == "batch_all_soft":
+            return lambda y, x: tr.batch_all(y, x, MARGIN, soft=True)
         return lambda y, x: fn(y, x, MARGIN)
     if impl == "bare":
         return lambda y, x: x @ x.T
@@ -129,8 +134,9 @@ def build(impl: str, loss: str, backend: str):
         def lp():
             return distances.LpDistance(normalize_embeddings=False, p=2, power=1)
 
-        if loss == "batch_all":
-            lf = losses.TripletMarginLoss(margin=MARGIN, distance=lp(), triplets_per_anchor="all")
+        if loss in ("batch_all", "batch_all_soft"):
+            lf = losses.TripletMarginLoss(margin=MARGIN, distance=lp(), triplets_per_anchor="all",
+                                          smooth_loss=loss == "batch_all_soft")
             return lambda y, x: lf(x, y)
         miner = miners.BatchHardMiner(distance=lp())
         lf = losses.TripletMarginLoss(margin=MARGIN, distance=lp(), reducer=reducers.MeanReducer())

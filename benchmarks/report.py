@@ -11,7 +11,7 @@ import impls
 GIB = 2**30
 MIB = 2**20
 MEM_FLOOR = 1 * MIB  # memory ratios divide by at least this (a measured increase can be ~0)
-LOSS_ORDER = impls.LOSSES + impls.FLOORS
+LOSS_ORDER = impls.LOSSES + impls.SOFT + impls.FLOORS
 MODE_LABEL = {"forward": "fwd", "forward_backward": "fwd+bwd"}
 
 
@@ -85,7 +85,7 @@ def label(r):
 
 
 def progress_line(r):
-    head = f"{label(r)} {r['loss']} {MODE_LABEL[r['mode']]} B={r['b']}"
+    head = f"{label(r)} {r['loss']} {MODE_LABEL[r['mode']]} B={r['b']} {r.get('labels') or ''}".rstrip()
     if r["status"] == "ok":
         return f"  {head}: {fmt_time(r['time_s'])}, +{fmt_mem(r['peak_bytes'])} ({r['repeats']} runs)"
     return f"  {head}: {r['status']} ({short(r.get('reason', ''))})"
@@ -93,8 +93,16 @@ def progress_line(r):
 
 # ------------------------------------------------------------------ targets
 
-def _index(doc):
-    return {(r["impl"], r["backend"], r["loss"], r["mode"], r["b"]): r for r in doc["results"]}
+def _base_labels(doc):
+    s = doc["settings"]
+    return s.get("base_labels") or f"pk{s.get('k', 4)}"
+
+
+def _index(doc, labels=None):
+    """Rows by (impl, backend, loss, mode, B) for one label regime (default: the base P x K)."""
+    labels = labels or _base_labels(doc)
+    return {(r["impl"], r["backend"], r["loss"], r["mode"], r["b"]): r for r in doc["results"]
+            if (r.get("labels") or _base_labels(doc)) == labels}
 
 
 def targets(doc):
@@ -200,6 +208,39 @@ def targets(doc):
             out.append(dict(target=name, status="met",
                             detail=f"{r['status']}: {short(r.get('reason', ''))}"
                             + (f" (predicted {pred / GIB:.0f} GiB)" if pred and "GiB" not in r.get("reason", "") else "")))
+    # 8. soft batch_all (issue #9): ≤ 3× the hinge batch_all on P x K at B = 1024 and 4096;
+    # and against pytorch-metric-learning's smooth loss (its peer) where measured
+    own_be = [tb] if gpu else ["numpy", "torch"]
+    for be in own_be:
+        for b in (1024, 4096):
+            for mode in impls.MODES:
+                soft, hinge = get("triplet_ref", be, "batch_all_soft", mode, b), get("triplet_ref", be, "batch_all", mode, b)
+                if mode != "forward" and soft is None:
+                    continue
+                _le_target(out, f"batch_all_soft {MODE_LABEL[mode]} B={b} [{be}]: ≤ 3× hinge batch_all",
+                           soft, hinge, 3.0, why_missing)
+            peer = get("pml", tb, "batch_all_soft", "forward", b)
+            if peer is not None:
+                ratio_target(f"batch_all_soft fwd B={b} [{be}]: faster than pytorch-metric-learning smooth_loss",
+                             peer, get("triplet_ref", be, "batch_all_soft", "forward", b), 1.0, strict=True)
+    # 9. no cliff (issue #9): every loss in every label regime ≤ 2× its time on the base
+    # P x K (K = 4) batches at B = 4096 (or the largest size measured in both), same run
+    base = _base_labels(doc)
+    regimes = sorted({r["labels"] for r in doc["results"] if r.get("labels") and r["labels"] != base})
+    for regime in regimes:
+        ridx = _index(doc, regime)
+        for be in own_be:
+            for loss in impls.LOSSES:
+                for mode in impls.MODES:
+                    rows = {b: r for (i, e, lo, mo, b), r in ridx.items()
+                            if i == "triplet_ref" and e == be and lo == loss and mo == mode}
+                    if not rows:
+                        continue
+                    both = sorted(b for b in rows if b <= 4096 and get("triplet_ref", be, loss, mode, b) is not None)
+                    b = (4096 if 4096 in both else both[-1]) if both else max(rows)
+                    note = "" if b == 4096 else " (target stated at B=4096)"
+                    _le_target(out, f"{loss} {MODE_LABEL[mode]} B={b} [{be}] {regime}: ≤ 2× its {base} time{note}",
+                               rows[b], get("triplet_ref", be, loss, mode, b), 2.0, why_missing)
     return out
 
 
@@ -227,13 +268,16 @@ def target_line(t):
 
 def _rows_by_series(doc):
     series = {}
+    base = _base_labels(doc)
     for r in doc["results"]:
-        series.setdefault((r["loss"], r["impl"], r["backend"], r["mode"]), {})[r["b"]] = r
+        labels = r.get("labels") or base
+        series.setdefault((r["loss"], r["impl"], r["backend"], r["mode"], "" if labels == base else labels),
+                          {})[r["b"]] = r
     impl_order = list(impls.IMPLS)
 
     def key(k):
-        loss, impl, be, mode = k
-        return (LOSS_ORDER.index(loss), impl_order.index(impl), be, mode)
+        loss, impl, be, mode, labels = k
+        return (LOSS_ORDER.index(loss), labels, impl_order.index(impl), be, mode)
 
     return [(k, series[k]) for k in sorted(series, key=key)]
 
@@ -278,8 +322,8 @@ def table(doc, what):
     if what == "time":
         head.append("agreement with NumPy")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (loss, impl, be, mode), rows in _rows_by_series(doc):
-        cells = [loss, f"{impls.IMPLS[impl].label} [{be}]", MODE_LABEL[mode]]
+    for (loss, impl, be, mode, labels), rows in _rows_by_series(doc):
+        cells = [loss + (f" ({labels})" if labels else ""), f"{impls.IMPLS[impl].label} [{be}]", MODE_LABEL[mode]]
         cells += [_cell(rows.get(b), what) for b in sizes]
         if what == "time":
             cells.append(_agreement(rows))
@@ -397,7 +441,7 @@ def plots(doc, base):
                                 ("memory", "peak memory increase (MiB)", "memory")):
         fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.0 * rows_n), squeeze=False)
         for ax, loss in zip(axes.flat, panels):
-            for (l2, impl, be, mode), rows in series:
+            for (l2, impl, be, mode, labels), rows in series:
                 if l2 != loss:
                     continue
                 pts = sorted((b, r) for b, r in rows.items() if r["status"] == "ok")
@@ -405,9 +449,9 @@ def plots(doc, base):
                     continue
                 xs = [b for b, _ in pts]
                 ys = [r["time_s"] if what == "time" else max(r["peak_bytes"], 0) / MIB for _, r in pts]
-                ax.plot(xs, ys, marker="o", ms=3, color=colour[(impl, be)],
+                ax.plot(xs, ys, marker="o" if not labels else "x", ms=3, color=colour[(impl, be)],
                         ls="-" if mode == "forward" else "--",
-                        label=f"{impls.IMPLS[impl].label} [{be}] {MODE_LABEL[mode]}")
+                        label=f"{impls.IMPLS[impl].label} [{be}] {MODE_LABEL[mode]}" + (f" {labels}" if labels else ""))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(loss)

@@ -1,8 +1,9 @@
 """Cross-backend benchmark of triplet_ref against its peers (``make bench``).
 
-    python benchmarks/run.py            # quick sweep: the sizes the targets need (< 3 min, 2 cores)
+    python benchmarks/run.py            # quick sweep: the sizes the targets need (~2 min, 2 cores)
     python benchmarks/run.py --full     # B = 128 ... 16384, every loss x backend x mode x peer
     python benchmarks/run.py --sizes 16,32 --backends numpy --impls triplet_ref,dense --out /tmp/b
+    python benchmarks/run.py --sizes 4096 --labels all --impls triplet_ref   # every label regime
 
 Every configuration (implementation x backend x loss x mode x batch size) runs in a fresh
 subprocess (``_worker.py``), which reports the median wall time after a warm-up, the peak
@@ -12,9 +13,14 @@ A configuration predicted to exceed the memory budget (closed-form for the cubic
 all-triplet peers, otherwise scaled from the same series at the previous size) or the time
 budget is skipped and reported with its prediction.
 
-Outputs in ``--out`` (default ``benchmarks/results``): ``<tag>.json`` (machine info, settings,
-every row, the targets), ``<tag>.md`` (tables and targets), ``<tag>-time.png`` and
+Outputs in ``--out`` (default ``benchmarks/out``, which git ignores; ``--results`` writes to
+the committed ``benchmarks/results`` instead): ``<tag>.json`` (machine info, settings, every
+row, the targets), ``<tag>.md`` (tables and targets), ``<tag>-time.png`` and
 ``<tag>-memory.png``.
+
+Label regimes (``--labels``, from ``triplet_ref.testing.regimes``): every configuration runs on
+the base P x K batches (``--k``, default 4: regime ``pk4``) and, for each regime listed, on a
+batch of that regime too; the regime targets compare each with the base in the same run.
 """
 
 from __future__ import annotations
@@ -35,9 +41,17 @@ if HERE not in sys.path:
 
 import impls  # noqa: E402
 import report  # noqa: E402
+from _worker import default_labels as _worker_default_labels  # noqa: E402
+
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
+from triplet_ref.testing.regimes import REGIMES  # noqa: E402  (NumPy only: the parent stays light)
 
 FULL_SIZES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-ALL_LOSSES = impls.LOSSES + impls.FLOORS
+ALL_LOSSES = impls.LOSSES + impls.SOFT + impls.FLOORS
+RESULTS = os.path.join(HERE, "results")  # committed results: written only with --results
+SCRATCH = os.path.join(HERE, "out")  # the default output: ignored by git
+QUICK_REGIMES = ("two_classes",)  # the few-classes regime of the quick sweep
 GIB = 2**30
 
 MEMORY_NOTE = (
@@ -50,16 +64,16 @@ MEMORY_NOTE = (
 
 # ------------------------------------------------------------------ planning
 
-def quick_plan(backends, gpu):
+def quick_plan(backends, gpu, regimes=QUICK_REGIMES):
     """The configurations the targets need at B = 512 and 1024, and no more (under 3 minutes
     on 2 cores).  The targets stated at B = 4096 and 16384 need ``--full``; where the quick
     sweep has a smaller size, the target lines say which size they were measured at."""
     torch_be = "torch-cuda" if gpu else "torch"
     plan = []
 
-    def add(impl, be, loss, mode, b):
+    def add(impl, be, loss, mode, b, labels=None):
         if be in backends and impls.supports(impl, loss, be, mode):
-            plan.append(dict(impl=impl, backend=be, loss=loss, mode=mode, b=b))
+            plan.append(dict(impl=impl, backend=be, loss=loss, mode=mode, b=b, labels=labels))
 
     # semi-hard vs the dense method at B = 512 (forward)
     for be in backends:
@@ -67,12 +81,19 @@ def quick_plan(backends, gpu):
             add("triplet_ref", be, "batch_semihard", "forward", 512)
             add("dense", be, "batch_semihard", "forward", 512)
     b = 1024
-    # every loss and the floors, forward, on every backend
+    # every loss and the floors, forward, on every backend; soft batch_all on numpy and torch
     for be in backends:
         for loss in ALL_LOSSES:
+            if loss in impls.SOFT and be not in ("numpy", torch_be):
+                continue
             add("bare" if loss == "matmul" else "triplet_ref", be, loss, "forward", b)
-    # batch_all vs pytorch-metric-learning (forward)
+    # batch_all vs pytorch-metric-learning (forward); soft batch_all vs its smooth loss
     add("pml", torch_be, "batch_all", "forward", b)
+    add("pml", torch_be, "batch_all_soft", "forward", b)
+    # a few-classes regime against the base P x K batches (the mining losses, numpy forward)
+    for regime in regimes:
+        for loss in ("batch_all", "batch_semihard"):
+            add("triplet_ref", "numpy", loss, "forward", b, regime)
     # torch: batch_all and batch_semihard vs sentence-transformers, forward and backward
     for loss in ("batch_all", "batch_semihard"):
         for mode in impls.MODES:
@@ -80,27 +101,29 @@ def quick_plan(backends, gpu):
             add("st", torch_be, loss, mode, b)
     seen, out = set(), []
     for c in plan:
-        key = (c["impl"], c["backend"], c["loss"], c["mode"], c["b"])
+        key = (c["impl"], c["backend"], c["loss"], c["mode"], c["b"], c["labels"])
         if key not in seen:
             seen.add(key)
             out.append(c)
     return out
 
 
-def grid_plan(sizes, backends, impl_keys, losses, modes):
+def grid_plan(sizes, backends, impl_keys, losses, modes, regimes=()):
     plan = []
-    for b in sizes:
-        for impl in impl_keys:
-            for be in backends:
-                for loss in losses:
-                    for mode in modes:
-                        if impls.supports(impl, loss, be, mode):
-                            plan.append(dict(impl=impl, backend=be, loss=loss, mode=mode, b=b))
+    for labels in (None, *regimes):
+        for b in sizes:
+            for impl in impl_keys:
+                for be in backends:
+                    for loss in losses:
+                        for mode in modes:
+                            if impls.supports(impl, loss, be, mode):
+                                plan.append(dict(impl=impl, backend=be, loss=loss, mode=mode, b=b,
+                                                 labels=labels))
     return plan
 
 
 def series_key(c):
-    return (c["impl"], c["backend"], c["loss"], c["mode"])
+    return (c["impl"], c["backend"], c["loss"], c["mode"], c.get("labels"))
 
 
 # ------------------------------------------------------------------ running
@@ -173,7 +196,7 @@ def run_plan(plan, args, env, gpu, log):
     with progress as bar:
         task = bar.add_task("benchmark", total=len(plan))
         for cfg in plan:
-            name = f"{impls.IMPLS[cfg['impl']].label}[{cfg['backend']}] {cfg['loss']} {cfg['mode']} B={cfg['b']}"
+            name = f"{impls.IMPLS[cfg['impl']].label}[{cfg['backend']}] {cfg['loss']} {cfg['mode']} B={cfg['b']} {cfg['labels']}"
             bar.update(task, description=name)
             row = dict(cfg)
             last = series_last.get(series_key(cfg))
@@ -208,15 +231,15 @@ def add_agreement(results, args, tol=1e-4):
     ref = {}
     for r in results:
         if r["status"] == "ok" and r["mode"] == "forward" and r["backend"] == "numpy" and r["impl"] in ("triplet_ref", "bare"):
-            ref[(r["loss"], r["b"])] = r["value"]
+            ref[(r["loss"], r["b"], r.get("labels"))] = r["value"]
     computed = {}
 
-    def reference(loss, b):
-        if (loss, b) in ref:
-            return ref[(loss, b)], "numpy"
-        if (loss, b) not in computed:
-            computed[(loss, b)] = _numpy_value(loss, b, args)
-        return computed[(loss, b)], "numpy (computed by the runner)"
+    def reference(loss, b, labels):
+        if (loss, b, labels) in ref:
+            return ref[(loss, b, labels)], "numpy"
+        if (loss, b, labels) not in computed:
+            computed[(loss, b, labels)] = _numpy_value(loss, b, args, labels)
+        return computed[(loss, b, labels)], "numpy (computed by the runner)"
 
     for r in results:
         if r["status"] != "ok":
@@ -225,7 +248,7 @@ def add_agreement(results, args, tol=1e-4):
         if why:
             r["agreement"] = {"status": "n/a", "reason": f"differs: {why}"}
             continue
-        value, src = reference(r["loss"], r["b"])
+        value, src = reference(r["loss"], r["b"], r.get("labels"))
         if value is None:
             r["agreement"] = {"status": "n/a", "reason": "no NumPy value"}
             continue
@@ -234,11 +257,11 @@ def add_agreement(results, args, tol=1e-4):
                           "reference": value, "against": src, "tol": tol}
 
 
-def _numpy_value(loss, b, args):
+def _numpy_value(loss, b, args, labels=None):
     try:
         import _worker
 
-        y, x = _worker.make_inputs(b, args.dim, args.k, args.seed)
+        y, x = _worker.make_inputs(b, args.dim, args.k, args.seed, labels)
         f = impls.build("bare" if loss == "matmul" else "triplet_ref", loss, "numpy")
         import numpy as np
 
@@ -261,6 +284,9 @@ def parse_args(argv=None):
     p.add_argument("--impls", help="comma-separated subset of: " + ",".join(impls.IMPLS))
     p.add_argument("--losses", help="comma-separated subset of: " + ",".join(ALL_LOSSES))
     p.add_argument("--modes", help="comma-separated subset of: forward,forward_backward")
+    p.add_argument("--labels", help="comma-separated label regimes to run besides the base P x K batches "
+                   "(or 'all'): " + ",".join(REGIMES) + "; the quick sweep's default is "
+                   + ",".join(QUICK_REGIMES))
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the GPU backends when a CUDA GPU is usable, else the CPU ones")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available cores)")
@@ -283,7 +309,10 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=4, help="examples per class (P x K batches)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=None,
+                   help="output folder (default benchmarks/out, ignored by git; see --results)")
+    p.add_argument("--results", action="store_true",
+                   help="write to the committed benchmarks/results (results made on purpose)")
     p.add_argument("--tag", help="output name (default cpu-<n>core or the GPU's name)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no per-configuration lines")
@@ -292,6 +321,9 @@ def parse_args(argv=None):
         p.error("--threads must be >= 1")
     if args.k < 2:
         p.error("--k must be >= 2 (P x K batches need positives)")
+    if args.results and args.out:
+        p.error("--results and --out are exclusive: --results writes to benchmarks/results")
+    args.out = RESULTS if args.results else (args.out or SCRATCH)
     return args
 
 
@@ -333,6 +365,12 @@ def main(argv=None) -> int:
     impl_keys = _csv(args.impls, tuple(impls.IMPLS), "implementation") if args.impls else list(impls.IMPLS)
     losses = _csv(args.losses, ALL_LOSSES, "loss") if args.losses else list(ALL_LOSSES)
     modes = _csv(args.modes, impls.MODES, "mode") if args.modes else list(impls.MODES)
+    base = _worker_default_labels(args.k)
+    if args.labels:
+        regimes = list(REGIMES) if args.labels.strip() == "all" else _csv(args.labels, REGIMES, "label regime")
+        regimes = [r for r in regimes if r != base]
+    else:
+        regimes = None
     console = report.console()
     log = (lambda s: None) if args.quiet else (lambda s: console.print(s, markup=False))
     t0 = time.perf_counter()
@@ -350,12 +388,14 @@ def main(argv=None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(FULL_SIZES)
         if any(s < 2 * args.k or s % args.k for s in sizes):
             sys.exit(f"--sizes: every size must be a multiple of K={args.k} and at least {2 * args.k}")
-        plan = grid_plan(sizes, backends, impl_keys, losses, modes)
+        plan = grid_plan(sizes, backends, impl_keys, losses, modes, regimes or ())
     else:
-        plan = quick_plan(backends, gpu)
+        plan = quick_plan(backends, gpu, QUICK_REGIMES if regimes is None else regimes)
         plan = [c for c in plan if c["impl"] in impl_keys and c["loss"] in losses and c["mode"] in modes]
-    plan.sort(key=lambda c: (c["b"], list(impls.IMPLS).index(c["impl"]), c["backend"],
-                             ALL_LOSSES.index(c["loss"]), c["mode"]))
+    for c in plan:
+        c["labels"] = c.get("labels") or base
+    plan.sort(key=lambda c: (c["labels"] != base, c["labels"], c["b"], list(impls.IMPLS).index(c["impl"]),
+                             c["backend"], ALL_LOSSES.index(c["loss"]), c["mode"]))
     if not plan:
         sys.exit("nothing to run: the filters leave no configuration")
 
@@ -367,7 +407,8 @@ def main(argv=None) -> int:
     argv_list = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["python benchmarks/run.py"] + [shlex.quote(a) for a in argv_list])
     settings = {k: v for k, v in vars(args).items() if k not in ("worker",)}
-    settings.update(backends=backends, impls=impl_keys, losses=losses, modes=modes,
+    settings.update(backends=backends, impls=impl_keys, losses=losses, modes=modes, base_labels=base,
+                    labels=sorted({c["labels"] for c in plan}),
                     sweep="full" if args.full else ("grid" if exhaustive else "quick"),
                     device="gpu" if gpu else "cpu")
     doc = {

@@ -289,3 +289,235 @@ def test_nan_embeddings_make_the_whole_none_array_nan(xp):
             x_nan[row, 1] = np.nan
             out = xp.to_numpy(fn(xp.asarray(y), xp.asarray(x_nan), reduction="none"))
             assert out.shape == clean.shape and np.isnan(out).all(), (fn.__name__, row)
+
+
+# ------------------------------------------------------------------------ issue 13, item 8
+# arguments that were silently misread: each must raise a TypeError/ValueError naming it
+EXPLICIT_SAME = np.array([1, 0, 1, 0, 1, 0])
+NOT_BOOLS = ["False", "no", "", 0, 1, None, 1.0, np.array(True)]
+
+
+@pytest.mark.parametrize("flag", NOT_BOOLS, ids=[repr(f) for f in NOT_BOOLS])
+def test_flags_must_be_bools(flag):
+    for _, fn, oracle, _ in BATCH:
+        raises_like_oracle(TypeError, "return_info", lambda: fn(Y, X, return_info=flag),
+                           lambda: oracle(Y, X, return_info=flag))
+    for fn, oracle in [(tr.batch_all, oracles.batch_all), (tr.batch_hard, oracles.batch_hard)]:
+        raises_like_oracle(TypeError, "soft", lambda: fn(Y, X, soft=flag), lambda: oracle(Y, X, soft=flag))
+    raises_like_oracle(TypeError, "soft", lambda: tr.triplet_loss(X, X, X, soft=flag),
+                       lambda: oracles.triplet_loss(X, X, X, soft=flag))
+
+
+def test_numpy_bools_are_bools():
+    for fn in (tr.batch_all, tr.batch_hard):
+        assert float(fn(Y, X, soft=np.True_)) == float(fn(Y, X, soft=True))
+        loss, info = fn(Y, X, return_info=np.True_)
+        assert float(loss) == float(fn(Y, X)) and "num_valid" in info
+
+
+@pytest.mark.parametrize("margin", [np.True_, np.False_, np.array(True), np.complex128(1.0),
+                                    np.array(1 + 0j), np.array(1.0 + 2j, dtype=np.complex64), 1 + 0j],
+                         ids=["np_True", "np_False", "bool_0d", "complex", "complex_0d", "complex64_0d", "py_complex"])
+def test_bool_and_complex_margins_are_refused(margin):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way to the TypeError
+        for _, fn, oracle, _ in BATCH:
+            raises_like_oracle(TypeError, "margin", lambda: fn(Y, X, margin), lambda: oracle(Y, X, margin))
+        raises_like_oracle(TypeError, "margin", lambda: tr.triplet_loss(X, X, X, margin),
+                           lambda: oracles.triplet_loss(X, X, X, margin))
+        raises_like_oracle(TypeError, "margin", lambda: tr.contrastive_loss(X, X, EXPLICIT_SAME, margin),
+                           lambda: oracles.contrastive_loss(X, X, EXPLICIT_SAME, margin))
+
+
+def test_bool_and_complex_native_margins_are_refused(xp):
+    for m in (np.array(True), np.array(1 + 0j)):
+        try:
+            mb = xp.asarray(m)
+        except Exception:  # a framework without complex numbers
+            continue
+        for _, fn, _, _ in BATCH:
+            with pytest.raises(TypeError, match="margin"):
+                fn(xp.asarray(Y), xp.asarray(X), mb)
+
+
+@pytest.mark.parametrize("labels,exc", [
+    (None, TypeError),
+    (["a", "b", "a", "b", "c", "c"], TypeError),
+    (np.array(["a", "b", "a", "b", "c", "c"], dtype=object), TypeError),
+    ([b"a", b"b", b"a", b"b", b"c", b"c"], TypeError),
+    ([0, 1, 0, 1, 2, 2.5], TypeError),
+    ([0, [1], 0, 1, 2, 2], ValueError),
+    ([[0, 1], [0], [1, 2], [2], [0], [1]], ValueError),
+    ([0, 1, 0, 1, 2, 2**70], TypeError),  # not representable by any integer dtype
+], ids=["None", "str", "object", "bytes", "float_list", "ragged_1", "ragged_2", "beyond_uint64"])
+def test_bad_labels_name_the_argument_on_every_backend(xp, labels, exc):
+    """On every backend the error names ``labels`` (not torch's or JAX's own conversion
+    message)."""
+    xb = xp.asarray(X)
+    for _, fn, _, _ in BATCH:
+        with pytest.raises(exc, match="labels"):
+            fn(labels, xb)
+    if labels is not None:
+        for mask in MASKS:
+            with pytest.raises(exc, match="labels"):
+                mask(labels, backend=xp.name)
+
+
+@pytest.mark.parametrize("emb,exc", [
+    ([["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"], ["i", "j"], ["k", "l"]], TypeError),
+    ([[0.0, 1.0], [1.0], [0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], ValueError),
+    (X.astype(np.complex128), TypeError),
+    (None, TypeError),
+], ids=["str", "ragged", "complex", "None"])
+def test_bad_embeddings_lists_name_the_argument_on_every_backend(xp, emb, exc):
+    for _, fn, _, _ in BATCH:
+        with pytest.raises(exc, match="embeddings"):
+            fn(Y, emb, backend=xp.name)
+    with pytest.raises(exc, match="anchor"):
+        tr.triplet_loss(emb, X, X, backend=xp.name)
+
+
+# ------------------------------------------------------------------------ issue 11, item 7
+def test_peer_argument_order_says_so(xp):
+    """``fn(embeddings, labels)`` (pytorch-metric-learning's order) gets a message that
+    says the arguments look swapped; the correct order works."""
+    yb, xb = xp.asarray(Y), xp.asarray(X)
+    for _, fn, oracle, _ in BATCH:
+        with pytest.raises(TypeError, match="swapped.*\\(labels, embeddings\\)"):
+            fn(xb, yb)
+        np.testing.assert_allclose(float(xp.to_numpy(fn(yb, xb))), oracle(Y, X), rtol=1e-9)
+    with pytest.raises(TypeError, match="swapped"):
+        tr.batch_hard(X.tolist(), Y.tolist())
+
+
+def test_unknown_keyword_lists_what_the_function_takes():
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'metric'.*"
+                                        r"batch_contrastive\(labels, embeddings, margin, \*, reduction, return_info, backend, "
+                                        r"ref_embeddings, ref_labels, process_group, axis_name, chunk_size\)"):
+        tr.batch_contrastive(Y, X, metric="cosine")
+    with pytest.raises(TypeError, match=r"'soft'.*batch_semihard\(.*metric"):
+        tr.batch_semihard(Y, X, soft=True)
+    with pytest.raises(TypeError, match=r"'margins'.*triplet_loss\(anchor, positive, negative, margin, \*"):
+        tr.triplet_loss(X, X, X, margins=1.0)
+    with pytest.raises(TypeError, match=r"at most 3 positional.*keyword-only.*metric"):
+        tr.batch_hard(Y, X, 1.0, "cosine")
+
+
+def test_the_argument_checks_keep_signatures_and_real_errors():
+    import inspect
+
+    for fn in (tr.batch_all, tr.batch_hard, tr.batch_semihard, tr.batch_contrastive,
+               tr.triplet_loss, tr.contrastive_loss):
+        params = list(inspect.signature(fn).parameters)
+        assert params[:2] in (["labels", "embeddings"], ["anchor", "positive"], ["x1", "x2"]), params
+        assert fn.__doc__ and fn.__name__ in repr(fn)
+    # a TypeError raised inside the function keeps its own message
+    with pytest.raises(TypeError, match="embeddings: expected a real floating dtype, got int64"):
+        tr.batch_hard(Y, (X * 10).astype(np.int64))
+
+
+# ------------------------------------------------------------------------ issue 13, item 7
+def test_contrastive_loss_same_is_used_as_given(xp, dtype):
+    """``same`` of any real dtype enters the formula as given: ``same=[2, 0]`` weighs
+    ``e²`` twice and the hinge by −1 (it is not turned into True)."""
+    x1 = np.array([[0.0], [0.0], [0.0]])
+    x2 = np.array([[0.2], [1.5], [0.4]])
+    a, b = xp.asarray(x1, dtype), xp.asarray(x2, dtype)
+    # e = 0.2, 1.5, 0.4; margin 1: hinge² = 0.64, 0, 0.36
+    cases = {
+        "int": (np.array([2, 0, 1]), [0.5 * (2 * 0.04 - 0.64), 0.0, 0.5 * 0.16]),
+        "float": (np.array([0.25, 0.5, 0.0]), [0.5 * (0.25 * 0.04 + 0.75 * 0.64), 0.5 * 0.5 * 2.25, 0.5 * 0.36]),
+        "bool": (np.array([True, False, False]), [0.5 * 0.04, 0.0, 0.5 * 0.36]),
+        "uint8": (np.array([3, 1, 0], dtype=np.uint8), [0.5 * (3 * 0.04 - 2 * 0.64), 0.5 * 2.25, 0.5 * 0.36]),
+    }
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-6, atol=1e-6)
+    for name, (same, want) in cases.items():
+        for s in (same, same.tolist(), xp.asarray(same)):
+            got = xp.to_numpy(tr.contrastive_loss(a, b, s, reduction="none"))
+            np.testing.assert_allclose(got, want, err_msg=name, **tol)
+            np.testing.assert_allclose(float(xp.to_numpy(tr.contrastive_loss(a, b, s))), np.mean(want),
+                                       err_msg=name, **tol)
+        np.testing.assert_allclose(oracles.contrastive_loss(x1, x2, same, reduction="none"), want,
+                                   rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def test_contrastive_loss_same_bad_kinds():
+    for bad, exc in [(["a", "b", "c", "d", "e", "f"], TypeError), (EXPLICIT_SAME.astype(np.complex128), TypeError),
+                     ([0, [1], 0, 1, 0, 1], ValueError), (None, TypeError)]:
+        with pytest.raises(exc, match="same"):
+            tr.contrastive_loss(X, X, bad)
+
+
+def test_contrastive_loss_non_finite_same_gives_nan(xp):
+    for v in (np.nan, np.inf):
+        same = np.array([1.0, 0, 1, 0, 1, v])
+        out = tr.contrastive_loss(xp.asarray(X), xp.asarray(X[::-1].copy()), xp.asarray(same))
+        assert math.isnan(float(xp.to_numpy(out)))
+        assert math.isnan(oracles.contrastive_loss(X, X[::-1], same))
+
+
+# ------------------------------------------------------------------------ issue 13, item 5
+@pytest.mark.parametrize("value", [np.inf, -np.inf], ids=["inf", "-inf"])
+def test_infinite_embeddings_give_nan_on_every_backend(xp, value):
+    """Decision (docs/semantics.md, "Non-finite input"): an infinity is treated like a NaN
+    — the loss is NaN (every entry of "none"), the same on every backend and in the oracle."""
+    for reduction in ("mean", "sum", "none"):
+        _check_infinite(xp, value, reduction)
+
+
+def _check_infinite(xp, value, reduction):
+    for y, x in [(Y, _nan_batch()), _nan_isolated()]:
+        x = np.where(np.isnan(x), value, x)
+        for _, fn, oracle, _ in BATCH:
+            out = np.asarray(xp.to_numpy(fn(xp.asarray(y), xp.asarray(x), reduction=reduction)))
+            assert np.isnan(out).all(), (fn.__name__, out)
+            if reduction != "none":
+                assert math.isnan(oracle(y, x, reduction=reduction)), fn.__name__
+        for fn in (tr.batch_all, tr.batch_hard):
+            out = np.asarray(xp.to_numpy(fn(xp.asarray(y), xp.asarray(x), soft=True, reduction=reduction)))
+            assert np.isnan(out).all()
+    x2 = X.copy()
+    x2[1, 3] = value
+    for where in range(3):
+        rows = [X, X[::-1].copy(), X + 1]
+        rows[where] = x2
+        out = np.asarray(xp.to_numpy(tr.triplet_loss(*(xp.asarray(r) for r in rows), reduction=reduction)))
+        assert np.isnan(out).all()
+    for where in range(2):
+        rows = [X, X[::-1].copy()]
+        rows[where] = x2
+        out = np.asarray(xp.to_numpy(tr.contrastive_loss(*(xp.asarray(r) for r in rows), xp.asarray(EXPLICIT_SAME),
+                                                         reduction=reduction)))
+        assert np.isnan(out).all()
+        if reduction != "none":
+            assert math.isnan(oracles.contrastive_loss(*rows, EXPLICIT_SAME, reduction=reduction))
+
+
+# ------------------------------------------------------------------------ issue 13, item 14
+def test_float16_sum_beyond_its_range_is_inf_and_the_mean_is_not(xp):
+    import warnings
+
+    """Decision (docs/semantics.md, Dtypes): the result has the input's dtype, also for
+    ``reduction="sum"``: a float16 sum above 65504 rounds to inf (as any float16 sum does
+    in NumPy, torch and JAX), while the mean of the same terms is finite and right."""
+    try:
+        xb16 = xp.asarray(np.zeros((1, 1)), "float16")
+    except Exception:
+        pytest.skip(f"{xp.label} has no float16")
+    del xb16
+    y = Y
+    x = (X * 6000).astype(np.float16).astype(np.float64)  # exact in float16, distances ~1e4
+    want_sum = oracles.batch_all(y, x, reduction="sum")
+    want_mean = oracles.batch_all(y, x)
+    assert want_sum > 65504 and want_mean < 65504
+    s32 = float(xp.to_numpy(tr.batch_all(xp.asarray(y), xp.asarray(x, "float32"), reduction="sum")))
+    np.testing.assert_allclose(s32, want_sum, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy: "overflow encountered in cast"
+        out = tr.batch_all(xp.asarray(y), xp.asarray(x, "float16"), reduction="sum")
+    assert str(out.dtype).endswith("float16")
+    assert float(xp.to_numpy(out)) == math.inf
+    mean = tr.batch_all(xp.asarray(y), xp.asarray(x, "float16"))
+    np.testing.assert_allclose(float(xp.to_numpy(mean)), want_mean, rtol=2**-10)

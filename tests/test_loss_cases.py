@@ -348,8 +348,9 @@ def test_explicit_forms_shape_mismatch(xp):
         tr.contrastive_loss(X1, xp.asarray(x2[:-1], "float64"), same[:-1])
     with pytest.raises(ValueError, match="same"):
         tr.contrastive_loss(X1, xp.asarray(x2, "float64"), same[:-1])
+    # floating ``same`` is valid (used as given, issue 13 item 7); complex is not
     with pytest.raises(TypeError, match="same"):
-        tr.contrastive_loss(X1, xp.asarray(x2, "float64"), same.astype(np.float64))
+        tr.contrastive_loss(X1, xp.asarray(x2, "float64"), same.astype(np.complex128))
 
 
 def test_loss_specific_keywords():

@@ -204,3 +204,47 @@ def test_pk_batch_sampler_in_a_dataloader():
         assert not set(labels[batch].tolist()) & {4, 5}
     with pytest.raises(ValueError, match="sampler"):
         PKBatchSampler(labels, 3, 4, sampler=ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [BatchHardLoss, BatchSemiHardLoss, BatchContrastiveLoss])
+def test_learnable_margin_under_torch_compile(cls):
+    """model + module with a learnable margin under torch.compile(fullgraph=True): the loss and
+    both gradients equal eager (the margin's value check is skipped while tracing)."""
+    y, x = _batch("pk4", B=12, seed=8)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3)
+    module = cls(0.5, learn_margin=True)
+    compiled = torch.compile(lambda a, b: module(lin(a), b), fullgraph=True)
+    got = compiled(xt, yt)
+    got.backward()
+    g_m, g_w = module.margin.grad.clone(), lin.weight.grad.clone()
+    module.zero_grad()
+    lin.zero_grad()
+    want = module(lin(xt), yt)
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert g_m.item() == pytest.approx(module.margin.grad.item(), rel=1e-5)
+    torch.testing.assert_close(g_w, lin.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_modules_sampler_and_tuples_on_cuda():
+    """The module (learnable margin moved by .to), mined_triplets and the sampler with CUDA
+    tensors: the CPU values."""
+    y, x = _batch("pk4", B=16, seed=9)
+    dev = torch.device("cuda")
+    module = BatchSemiHardLoss(0.5, learn_margin=True).to(dev)
+    assert module.margin.device.type == "cuda"
+    xc = torch.tensor(x, device=dev, requires_grad=True)
+    loss = module(xc, torch.tensor(y, device=dev))
+    loss.backward()
+    assert loss.device.type == "cuda" and module.margin.grad is not None
+    assert loss.item() == pytest.approx(O.batch_semihard(y, x, 0.5), rel=1e-9)
+    a, p, n = tr.mined_triplets(torch.tensor(y, device=dev), xc.detach(), "hard")
+    assert a.device.type == "cuda"
+    assert [t.tolist() for t in (a, p, n)] == [t.tolist() for t in tr.mined_triplets(y, x, "hard")]
+    cpu = [b.tolist() for b in tr.PKSampler(y, 2, 2, seed=1)]
+    assert [b.tolist() for b in tr.PKSampler(torch.tensor(y, device=dev), 2, 2, seed=1)] == cpu

@@ -12,8 +12,12 @@ __all__ = ["pairwise_distances", "METRICS"]
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
-def pairwise_distances(embeddings: Any, *, metric: str = "euclidean", backend: Any = None):
+def pairwise_distances(embeddings: Any, ref_embeddings: Any = None, *, metric: str = "euclidean",
+                       backend: Any = None):
     """All pairwise distances between the rows of ``embeddings``.
+
+    With ``ref_embeddings`` ``(R, D)``: the ``(B, R)`` cross distances ``d(x_i, r_j)`` (no
+    zero diagonal: the two sets are distinct samples; see :func:`cross_distance_matrix`).
 
     ===============  ====================================================================
     ``euclidean``    ``d(i, j) = ||x_i - x_j||_2``
@@ -44,6 +48,11 @@ def pairwise_distances(embeddings: Any, *, metric: str = "euclidean", backend: A
     """
     check_choice(metric, "metric", METRICS)
     ctx, x, _ = resolve(embeddings, None, backend)
+    if ref_embeddings is not None:
+        from .losses._pairs import resolve_reference
+
+        r, _ = resolve_reference(ctx, x, ref_embeddings, None, labels_needed=False)
+        return ctx.finish(cross_distance_matrix(ctx, x, r, metric))
     return ctx.finish(distance_matrix(ctx, x, metric))
 
 
@@ -177,4 +186,35 @@ def row_distances(ctx: Context, a, b, metric: str):
         return xp.where(d > two, two, d)
     diff = a - b
     d2 = xp.sum(diff * diff, axis=1)
+    return be.safe_sqrt(xp, d2) if metric == "euclidean" else d2
+
+
+def cross_distance_matrix(ctx: Context, x, r, metric: str):
+    """Distances ``d(x_i, r_j)`` between the rows of ``x`` ``(B, D)`` and of a reference set
+    ``r`` ``(R, D)`` (both resolved, in the compute dtype): shape ``(B, R)``.
+
+    The Gram formula on rows shifted by ``x[0]`` (like :func:`distance_matrix`), clamped at
+    0, with the safe square root. No entry is zero by definition: the two sets are distinct
+    samples (docs/semantics.md, "Reference sets"). A reference row equal to an anchor is at
+    a rounding residue ``~eps·|x|²`` of 0 in squared distance, not at exactly 0 (the square
+    path gets its exact zeros from the Gram diagonal, which a cross product has not).
+    """
+    xp, be = ctx.xp, ctx.backend
+    zero = xp.zeros((), dtype=x.dtype, device=ctx.device)
+    one = xp.ones((), dtype=x.dtype, device=ctx.device)
+    if metric == "cosine":
+        def unit(a):
+            norm = be.safe_sqrt(xp, xp.sum(a * a, axis=1))
+            nz = norm > zero
+            return a * xp.where(nz, one / xp.where(nz, norm, one), zero)[:, None]
+
+        g = unit(x) @ unit(r).T
+        two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
+        return xp.minimum(xp.maximum(one - g, zero), two)
+    x0 = x[:1, :]
+    xc, rc = x - x0, r - x0
+    G = xc @ rc.T
+    two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
+    d2 = xp.sum(xc * xc, axis=1)[:, None] + xp.sum(rc * rc, axis=1)[None, :] - two * G
+    d2 = be.clamp_min0(xp, d2)
     return be.safe_sqrt(xp, d2) if metric == "euclidean" else d2

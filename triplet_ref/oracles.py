@@ -173,7 +173,8 @@ def _check_bool(value: Any, name: str) -> bool:
 
 
 def _has_nan(rows: list[list[float]]) -> bool:
-    return any(math.isnan(v) for row in rows for v in row)
+    """Whether the rows hold a NaN or an infinity (non-finite input gives a NaN loss)."""
+    return any(not math.isfinite(v) for row in rows for v in row)
 
 
 # --------------------------------------------------------------------------------------
@@ -334,6 +335,8 @@ def _argbest(candidates: list[tuple[int, float]], largest: bool) -> tuple[int, f
 
 def _reduce(total_terms: list[float], count: int, reduction: str, nan_input: bool, half: bool = False) -> float:
     """mean = Σ / count (0 when count == 0), sum = Σ; both NaN when ``nan_input``."""
+    if nan_input:
+        return math.nan
     s = math.fsum(total_terms) if not any(math.isnan(t) for t in total_terms) else math.nan
     if half:
         s = 0.5 * s
@@ -811,5 +814,5 @@ def contrastive_loss(
         terms.append(0.5 * (si * e * e + (1.0 - si) * hinge(m - e) ** 2))
     if reduction == "none":
         return np.array(terms, dtype=np.float64)
-    nan_input = _has_nan(r1) or _has_nan(r2) or any(math.isnan(v) for v in sv)
+    nan_input = _has_nan(r1) or _has_nan(r2) or _has_nan([sv])
     return _reduce(terms, n, reduction, nan_input)

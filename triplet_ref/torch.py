@@ -23,10 +23,14 @@ framework. Each module calls the function of the same name, so its value, gradie
 **Learnable margin** (``learn_margin=True``): the margin becomes a 0-d float32
 ``torch.nn.Parameter`` named ``margin`` (in ``parameters()`` and the ``state_dict``), used as
 ``margin.clamp(min=0)``. Every function propagates its gradient: ``dL/dm`` is the number of
-active hinge terms over the mean's denominator (for contrastive, the mean of the negative
-pairs' ``max(m − e, 0)``). This gradient is never negative, so minimising the loss alone
-drives the margin down to 0 (where the clamp stops it): train it with its own objective or
-regulariser.
+active hinge terms divided by the mean's denominator (for the contrastive losses: the sum of
+the negative pairs' ``max(m − e, 0)``, divided by it; softplus terms: the sum of their
+sigmoids). This gradient is never negative, so minimising the loss alone drives the margin
+down to 0 (where the clamp stops it): train it with its own objective or
+regulariser. Under ``torch.compile(fullgraph=True)`` a learnable margin works for
+``BatchHardLoss``, ``BatchSemiHardLoss`` and ``BatchContrastiveLoss`` (tested, ``--runslow``);
+``BatchAllLoss`` with a tensor margin does not compile yet (its CPU kernel is a custom op that
+takes the margin as a ``float``).
 """
 from __future__ import annotations
 

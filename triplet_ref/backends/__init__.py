@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -53,6 +54,75 @@ _FRAMEWORK = {
     "array_api_strict": ("array_api_strict", "strict"),
 }
 _CACHE: dict[str, Backend] = {}
+# Creating a backend imports its framework (seconds for torch or jax).  Threads making
+# their first calls at once must neither create a backend twice nor use one whose module
+# is half imported: creation happens under this lock (re-entrant: a backend module may
+# look up another backend while it is being created), and a backend enters _CACHE only
+# once everything it needs is imported.
+_LOCK = threading.RLock()
+
+
+class _Gate:
+    """Calls run together; a framework import runs alone (issue 13, item 12).
+
+    While one thread imports a framework, ``sys.modules`` holds the half-initialised
+    module, and array-api-compat's helpers (``device``, ``is_jax_array``, ... which every
+    call reaches, directly or through array-api-extra) probe every framework found there:
+    a concurrent call in another thread fails with "partially initialized module 'jax'".
+    So the public functions run as *readers* (any number at once, re-entrant per thread)
+    and a backend's creation as a *writer*, which waits for the running calls to finish
+    and holds new ones back until the import is complete.  The public wrapper creates the
+    backends a call needs before it enters (see ``ensure_backends``), so a reader never
+    waits for a writer; a creation that still happens inside a call (an array nested in a
+    list) does not wait for the other readers, as before.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writing = False
+        self._local = threading.local()
+
+    def _depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    def enter(self) -> None:
+        depth = self._depth()
+        self._local.depth = depth + 1
+        if depth:
+            return
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+
+    def exit(self) -> None:
+        depth = self._depth() - 1
+        self._local.depth = depth
+        if depth:
+            return
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
+
+    def begin_write(self) -> bool:
+        """Wait for exclusive use (unless this thread is inside a call); True if taken."""
+        if self._depth():
+            return False
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        return True
+
+    def end_write(self) -> None:
+        with self._cond:
+            self._writing = False
+            self._cond.notify_all()
+
+
+GATE = _Gate()
 
 
 def _name_of(backend: Any) -> str:
@@ -87,17 +157,56 @@ def get_backend(backend: Any) -> Backend:
     install when the framework is missing.
     """
     name = _name_of(backend)
-    if name not in _CACHE:
-        _cold_lookup_while_compiling(name)
-        mod, extra = _FRAMEWORK[name]
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            hint = f"pip install 'triplet_ref[{extra}]'" if extra else f"pip install {mod}"
-            raise ImportError(f"backend={name!r} needs {mod}, which is not installed: {hint}") from exc
-        impl = importlib.import_module(_MODULES[name], __name__)
-        _CACHE[name] = impl.BACKEND
-    return _CACHE[name]
+    be = _CACHE.get(name)
+    if be is not None:
+        return be
+    _cold_lookup_while_compiling(name)
+    with _LOCK:
+        if name not in _CACHE:  # another thread may have created it while we waited
+            exclusive = GATE.begin_write()
+            try:
+                _CACHE[name] = _create(name)
+            finally:
+                if exclusive:
+                    GATE.end_write()
+        return _CACHE[name]
+
+
+def ensure_backends(values, backend: Any = None) -> None:
+    """Create, before a call starts, the backends it will need: the one named by
+    ``backend`` (or NumPy's, which lists resolve to) and those of the arrays in
+    ``values`` (frameworks already imported only, like :func:`backend_of`)."""
+    if backend is not None:
+        get_backend(backend)
+    elif "numpy" not in _CACHE:
+        get_backend("numpy")
+    for v in values:
+        backend_of(v)
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing (False when torch was never imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn is not None and fn())
+
+
+def _create(name: str) -> Backend:
+    """Import backend ``name``'s framework and module (under ``_LOCK``)."""
+    mod, extra = _FRAMEWORK[name]
+    try:
+        importlib.import_module(mod)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        hint = f"pip install 'triplet_ref[{extra}]'" if extra else f"pip install {mod}"
+        raise ImportError(f"backend={name!r} needs {mod}, which is not installed: {hint}") from exc
+    impl = importlib.import_module(_MODULES[name], __name__)
+    be = impl.BACKEND
+    be.namespace()  # the namespace's (compat) modules are imported now, under the lock
+    import array_api_extra  # noqa: F401  (the portable searchsorted imports it lazily)
+
+    return be
 
 
 def is_installed(name: str) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -41,10 +41,16 @@ class Backend:
         return None
 
     def device_of(self, x: Any):
-        """The device ``x`` lives on (array-api-compat's ``device``)."""
-        import array_api_compat
+        """The device ``x`` lives on (what array-api-compat's ``device`` returns).
 
-        return array_api_compat.device(x)
+        Read from the array itself, not through ``array_api_compat.device``: that helper
+        probes every framework in ``sys.modules`` and fails with "partially initialized
+        module" while another thread is importing one (issue 13, item 12).
+        """
+        if isinstance(x, (np.ndarray, np.generic)):
+            return "cpu"
+        dev = getattr(x, "device", None)
+        return dev() if callable(dev) and not hasattr(dev, "type") else dev
 
     def from_numpy(self, a: Any, dtype: str | None = None, device: Any = None):
         """A NumPy array (or list) as an array of this backend, optionally cast to ``dtype``
@@ -152,6 +158,9 @@ class Context:
     device: Any
     dtype: Any  # the compute dtype (float32 for float16/bfloat16 inputs)
     out_dtype: Any  # the embeddings' own dtype, the result's dtype
+    #: the label arrays converted in this call: ``(host values or None, ids used or None)``
+    #: per array, so that a later one (``ref_labels``) maps equal labels to equal ids
+    label_history: list = field(default_factory=list, repr=False)
 
     def finish(self, x):
         """Cast a result back to the embeddings' dtype."""
@@ -164,8 +173,16 @@ def float_dtype_of(xp, x):
     return x.dtype
 
 
+def _torch_compiling() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None) if torch is not None else None
+    return bool(compiler is not None and compiler.is_compiling())
+
+
 def _check_margin(margin: Any) -> None:
-    if isinstance(margin, bool) or isinstance(margin, (str, bytes)):
+    if isinstance(margin, (bool, np.bool_)) or isinstance(margin, (str, bytes)):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
     if not isinstance(margin, numbers.Real):
         shape = getattr(margin, "shape", None)
@@ -173,6 +190,13 @@ def _check_margin(margin: Any) -> None:
             raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
         if tuple(shape) != ():
             raise ValueError(f"margin: expected a scalar, got an array of shape {tuple(shape)}")
+        # a 0-d array: a real (integer or floating) dtype; bool and complex are refused
+        # (float() would read True as 1.0 and drop an imaginary part with only a warning)
+        kind = str(getattr(margin, "dtype", "")).lower()
+        if "bool" in kind or "complex" in kind or not any(k in kind for k in ("float", "int")):
+            raise TypeError(f"margin: expected a real scalar, got dtype {getattr(margin, 'dtype', None)}")
+    if not isinstance(margin, numbers.Real) and _torch_compiling():
+        return  # a tensor margin under torch.compile is traced: not checkable here
     try:
         value = float(margin.detach() if hasattr(margin, "detach") else margin)
     except Exception:  # a 0-d value traced under jit: it cannot be checked here
@@ -199,8 +223,27 @@ def _as_backend_array(x: Any, be: Backend, name: str, device: Any = None):
     else:
         if not isinstance(x, (list, tuple, numbers.Number)) and not hasattr(x, "__array__"):
             raise TypeError(f"{name}: expected an array or a (nested) list, got {type(x).__name__}")
-        arr = np.asarray(x)
+        arr = host_array(x, name)
+        if arr.dtype.kind in "OUSMmc":
+            raise TypeError(f"{name}: expected a real floating dtype, got {_dtype_words(arr)}")
     return be.from_numpy(arr, device=device)
+
+
+def _dtype_words(arr: np.ndarray) -> str:
+    kinds = {"O": "objects", "U": "strings", "S": "bytes", "M": "datetimes", "m": "timedeltas",
+             "b": "bool", "c": f"complex ({arr.dtype})"}
+    return kinds.get(arr.dtype.kind, str(arr.dtype))
+
+
+def host_array(x: Any, name: str) -> np.ndarray:
+    """``numpy.asarray(x)`` for a list/scalar/NumPy-convertible input, with a ValueError
+    naming the argument for a ragged nested list (NumPy's own message does not)."""
+    if x is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    try:
+        return np.asarray(x)
+    except ValueError as exc:  # ragged: "setting an array element with a sequence..."
+        raise ValueError(f"{name}: a ragged nested list (rows of different lengths) is not an array: {exc}") from None
 
 
 def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2):
@@ -282,36 +325,149 @@ def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int =
     return ctx, out
 
 
+def _host_labels(labels: Any, name: str) -> np.ndarray:
+    """Non-native labels read on the host, with their kind checked before the framework
+    sees them (so strings, objects and ragged lists get a message naming the argument)."""
+    arr = host_array(labels, name)
+    if arr.size == 0 and arr.dtype == np.float64:  # ``[]``: no labels, not float ones
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        what = _dtype_words(arr) if arr.dtype.kind in "OUSMmcb" else f"dtype {arr.dtype}"
+        raise TypeError(f"{name}: expected integer class labels, got {what}")
+    return arr
+
+
+def dense_label_ids(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Integer label arrays → dense class ids ``0..C-1`` (int32, same shapes), one mapping
+    for all of them: equal labels stay equal across the arrays, different ones different."""
+    flat = [np.ravel(a) for a in arrays]
+    if len({a.dtype.kind for a in flat}) > 1:  # signed with unsigned: compare exact Python ints
+        flat = [np.asarray([int(v) for v in a.tolist()], dtype=object) for a in flat]
+    _, inverse = np.unique(np.concatenate(flat), return_inverse=True)
+    inverse = np.ravel(inverse).astype(np.int32 if inverse.size < 2**31 else np.int64)
+    parts = np.split(inverse, np.cumsum([a.size for a in flat])[:-1])
+    return [p.reshape(a.shape) for p, a in zip(parts, arrays)]
+
+
 def convert_labels(ctx: Context, labels: Any, batch: int, name: str = "labels"):
-    """Labels of any integer dtype and array kind → the context's namespace and device."""
+    """Labels of any integer dtype and array kind → the context's namespace and device.
+
+    Label values only matter through equality, so values the backend cannot hold (labels
+    beyond ±2³¹ on JAX in its default 32-bit mode, which would silently wrap and merge
+    classes) are replaced by dense class ids; otherwise the values are kept.
+    See :func:`convert_label_sets` for several arrays that must share one mapping.
+    """
+    return convert_label_sets(ctx, [(labels, batch, name)])[0]
+
+
+def _fits(xp, lab, arr: np.ndarray) -> bool:
+    """Whether the converted ``lab`` holds every value of the host array ``arr`` (JAX in
+    32-bit mode turns int64/uint64 into int32/uint32, wrapping larger values)."""
+    if arr.size == 0 or xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
+        return True  # nothing to lose (or a dtype error raised below)
+    info = xp.iinfo(lab.dtype)
+    return int(arr.min()) >= int(info.min) and int(arr.max()) <= int(info.max)
+
+
+def _native_values(be: Backend, lab, name: str, lo_hi: str) -> np.ndarray:
+    try:
+        return np.asarray(be.to_numpy(lab))
+    except Exception:  # traced (jit): its values cannot be read
+        raise TypeError(
+            f"{name}: label values beyond what {be.name} holds here ({lo_hi}) cannot be combined "
+            f"with traced {be.name} labels; pass dense class ids "
+            "(numpy.unique(labels, return_inverse=True)[1])") from None
+
+
+def convert_label_sets(ctx: Context, sets: list[tuple[Any, int | None, str]]) -> list:
+    """Several label arrays ``(labels, expected_length or None, name)`` converted together.
+
+    When a host array holds values the backend cannot (see :func:`convert_labels`), every
+    array of the call gets class ids from one mapping, so a label means the same class in
+    each — also an array converted earlier in the same call (``ctx.label_history``, e.g.
+    ``labels`` before ``ref_labels``): its ids are kept and new values get unused ids.
+    """
     from . import backend_of
 
-    xp = ctx.xp
-    own = backend_of(labels)
-    if own is ctx.backend:
-        lab = labels
-    elif own is not None:
-        lab = ctx.backend.from_numpy(own.to_numpy(labels), device=ctx.device)
+    xp, be = ctx.xp, ctx.backend
+    hosts: list = []
+    for labels, batch, name in sets:
+        if labels is None:
+            raise TypeError(f"{name}: expected an integer array of shape (B,), got None")
+        own = backend_of(labels)
+        arr = None
+        if own is not be:
+            arr = own.to_numpy(labels) if own is not None else _host_labels(labels, name)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+        hosts.append(arr)
+    out = [labels if arr is None else be.from_numpy(arr, device=ctx.device)
+           for (labels, _, _), arr in zip(sets, hosts)]
+    remap = any(arr is not None and not _fits(xp, lab, arr) for lab, arr in zip(out, hosts))
+    if remap:
+        lo_hi = f"{be.name} integer labels of dtype {next(l for l, a in zip(out, hosts) if a is not None).dtype}"
+        values = [a if a is not None else _native_values(be, lab, name, lo_hi)
+                  for a, lab, (_, _, name) in zip(hosts, out, sets)]
+        ids = _joint_ids(ctx, be, values)
+        out = [be.from_numpy(i, device=ctx.device) for i in ids]
+        hosts = values
     else:
-        arr = np.asarray(labels)
-        if arr.dtype == object:
-            raise TypeError(f"{name}: expected integer labels, got objects")
-        lab = ctx.backend.from_numpy(arr, device=ctx.device)
-    if lab.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
-    if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
-        raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
-    if lab.shape[0] != batch:
-        raise ValueError(f"{name}: length {lab.shape[0]} does not match the batch size {batch} of the embeddings")
-    if ctx.backend.device_of(lab) != ctx.device:
-        import array_api_compat
+        ids = [None] * len(out)
+    for (labels, batch, name), lab, arr, i in zip(sets, out, hosts, ids):
+        ctx.label_history.append((arr, i, lab))
+    checked = []
+    for (labels, batch, name), lab in zip(sets, out):
+        if lab.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
+        if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
+            raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
+        if batch is not None and lab.shape[0] != batch:
+            raise ValueError(f"{name}: length {lab.shape[0]} does not match the batch size {batch} of the embeddings")
+        if ctx.device is not None and be.device_of(lab) != ctx.device:
+            import array_api_compat
 
-        lab = array_api_compat.to_device(lab, ctx.device)
-    return lab
+            lab = array_api_compat.to_device(lab, ctx.device)
+        checked.append(lab)
+    return checked
+
+
+def _joint_ids(ctx: Context, be: Backend, values: list[np.ndarray]) -> list[np.ndarray]:
+    """Class ids for ``values`` consistent with the arrays converted earlier in the call."""
+    if not ctx.label_history:
+        return dense_label_ids(values)
+    # earlier arrays keep their ids (their values as converted, or the ids they were given)
+    known_vals, known_ids = [], []
+    for arr, ids, lab in ctx.label_history:
+        v = arr if arr is not None else _native_values(be, lab, "labels", "a 32-bit backend")
+        known_vals.append(np.ravel(v))
+        known_ids.append(np.ravel(ids if ids is not None else v).astype(np.int64))
+    kv = dense_label_ids(known_vals + [np.ravel(v) for v in values])  # one ranking of all values
+    rank_k = np.concatenate(kv[:len(known_vals)]) if known_vals else np.zeros(0, np.int32)
+    id_k = np.concatenate(known_ids) if known_ids else np.zeros(0, np.int64)
+    table = {int(r): int(i) for r, i in zip(rank_k, id_k)}
+    used = set(table.values())
+    fresh = (i for i in range(len(used) + sum(v.size for v in values) + 1) if i not in used)
+    out = []
+    for r in kv[len(known_vals):]:
+        ids = np.empty(r.shape, dtype=np.int64)
+        for j, rv in enumerate(np.ravel(r).tolist()):
+            if rv not in table:
+                table[rv] = next(fresh)
+            ids.flat[j] = table[rv]
+        out.append(ids.astype(np.int32))
+    return out
 
 
 def check_margin(margin: Any) -> None:
     _check_margin(margin)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A flag (``soft``, ``return_info``): a Python or NumPy bool, nothing else — a string
+    such as ``"False"`` or ``"no"`` is truthy and would silently mean the opposite."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
@@ -418,19 +574,8 @@ def resolve_labels(labels: Any, backend: Any = None, name: str = "labels"):
         be = backend_of(labels) or get_backend("numpy")
     else:
         be = get_backend(backend)
-    xp = be.namespace()
-    if backend_of(labels) is be:
-        lab = labels
-    else:
-        src = backend_of(labels)
-        arr = src.to_numpy(labels) if src is not None else np.asarray(labels)
-        if arr.dtype == object:
-            raise TypeError(f"{name}: expected integer labels, got objects")
-        lab = be.from_numpy(arr)
-    if lab.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of shape (B,), got shape {tuple(lab.shape)}")
+    ctx = Context(backend=be, xp=be.namespace(), device=None, dtype=None, out_dtype=None)
+    (lab,) = convert_label_sets(ctx, [(labels, None, name)])
     if lab.shape[0] == 0:
         raise ValueError(f"{name}: empty batch; need at least one label")
-    if xp.isdtype(lab.dtype, "bool") or not xp.isdtype(lab.dtype, "integral"):
-        raise TypeError(f"{name}: expected an integer dtype, got {lab.dtype}")
-    return be, xp, lab
+    return be, ctx.xp, lab

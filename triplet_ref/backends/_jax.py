@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._base import Backend
+from ._scale import match_vma
 
 
 @jax.custom_jvp
@@ -42,7 +43,10 @@ def _batch_all_call(d, pos, neg, margin):
                                                 float(np.asarray(margin)))
         return out, count.astype(idt)
 
-    return jax.pure_callback(host, shapes, d, pos, neg, margin)
+    out, count = jax.pure_callback(host, shapes, d, pos, neg, margin)
+    # inside shard_map a callback's results are typed replicated: type them like d (a
+    # shard), or psum/grad would treat them as replicated values
+    return match_vma(out, d), match_vma(count, d)
 
 
 # the margin is an operand (a 0-d array), not a static argument: a traced margin under
@@ -69,7 +73,8 @@ def _batch_all_bwd(res, cts):
     gd = jax.pure_callback(host, jax.ShapeDtypeStruct(d.shape, d.dtype), d, pos, neg, margin, grad, count)
     # dL/dm: each positive triplet's hinge has slope 1 in the margin
     gm = jnp.sum(grad * count.astype(grad.dtype)).astype(margin.dtype)
-    return gd, None, None, gm
+    # inside shard_map: cotangents typed like their primals (manual axes)
+    return match_vma(gd, d), None, None, match_vma(gm, margin)
 
 
 _batch_all.defvjp(_batch_all_fwd, _batch_all_bwd)
@@ -87,7 +92,8 @@ def _native_semihard(d, neg, term):
         chosen, semi = semihard_choice(np.asarray(d), np.asarray(neg), np.asarray(term))
         return chosen.astype(idt), semi
 
-    return jax.pure_callback(host, shapes, jax.lax.stop_gradient(d), neg, term)
+    chosen, semi = jax.pure_callback(host, shapes, jax.lax.stop_gradient(d), neg, term)
+    return match_vma(chosen, d), match_vma(semi, d)
 
 
 def _on_cpu(x) -> bool:

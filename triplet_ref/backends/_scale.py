@@ -26,3 +26,246 @@ def concrete_int(x: Any) -> int | None:
         return int(x)
     except Exception:  # a jax tracer (ConcretizationTypeError) or similar
         return None
+
+
+# --- global-batch mining: the communicators --------------------------------------------
+def communicator(be, *, process_group: Any = None, axis_name: Any = None):
+    """The collectives of one distributed call: ``gather(ctx, x, y) -> (X, Y, offset)``
+    (the global batch in rank order, differentiable in ``x``, and this rank's first row
+    in it) and ``sum(ctx, v)`` (the global sum, differentiable)."""
+    if process_group is not None:
+        if be.name != "torch":
+            raise TypeError(f"process_group: torch.distributed needs torch tensors, got {be.name} arrays "
+                            "(use axis_name= with JAX)")
+        return _TorchComm(process_group)
+    if be.name != "jax":
+        raise TypeError(f"axis_name: a JAX mapped axis needs JAX arrays, got {be.name} arrays "
+                        "(use process_group= with torch.distributed)")
+    return _JaxComm(axis_name)
+
+
+class _JaxComm:
+    """Inside ``shard_map`` / ``pmap``: equal shards, ``all_gather`` and ``psum`` (JAX
+    differentiates both: the transpose of the gather is a ``psum_scatter``)."""
+
+    def __init__(self, axis_name):
+        self.axis_name = axis_name
+
+    def gather(self, ctx, x, y):
+        import jax
+
+        X = jax.lax.all_gather(x, self.axis_name, tiled=True)
+        Y = jax.lax.all_gather(y, self.axis_name, tiled=True)
+        idt = ctx.backend.index_dtype(ctx.xp)
+        offset = jax.lax.axis_index(self.axis_name).astype(idt) * x.shape[0]
+        return X, Y, offset
+
+    def sum(self, ctx, v):
+        import jax
+
+        return jax.lax.psum(v, self.axis_name)
+
+
+def _torch_autograd_functions():
+    import torch
+    import torch.distributed as dist
+
+    class AllGatherRows(torch.autograd.Function):
+        """Rows of every rank, in rank order (uneven counts padded for the transfer).
+
+        Backward: every rank's loss reads the whole gathered batch, so the gradient of a
+        rank's rows is the sum over ranks of their gradients for those rows (an
+        all-reduce, then this rank's slice)."""
+
+        @staticmethod
+        def forward(ctx, x, sizes, rank, group):
+            mx = max(sizes)
+            pad = x
+            if x.shape[0] < mx:
+                pad = torch.cat([x, x.new_zeros((mx - x.shape[0],) + tuple(x.shape[1:]))])
+            pad = pad.contiguous()
+            bufs = [torch.empty_like(pad) for _ in sizes]
+            dist.all_gather(bufs, pad, group=group)
+            ctx.sizes, ctx.rank, ctx.group = sizes, rank, group
+            return torch.cat([b[:s] for b, s in zip(bufs, sizes)])
+
+        @staticmethod
+        def backward(ctx, grad):
+            g = grad.contiguous().clone()
+            dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+            start = sum(ctx.sizes[: ctx.rank])
+            return g[start : start + ctx.sizes[ctx.rank]], None, None, None
+
+    class AllReduceSum(torch.autograd.Function):
+        """The global sum, on every rank; backward: the sum of every rank's gradient."""
+
+        @staticmethod
+        def forward(ctx, v, group):
+            out = v.clone().contiguous()
+            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+            ctx.group = group
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            g = grad.contiguous().clone()
+            dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+            return g, None
+
+    return AllGatherRows, AllReduceSum
+
+
+_TORCH_FUNCTIONS = None
+
+
+class _TorchComm:
+    """torch.distributed (gloo, NCCL, ...): uneven per-rank batches."""
+
+    def __init__(self, group):
+        import torch.distributed as dist
+
+        global _TORCH_FUNCTIONS
+        if not dist.is_available() or not dist.is_initialized():
+            raise ValueError("process_group: torch.distributed is not initialised (call init_process_group)")
+        if not isinstance(group, dist.ProcessGroup):
+            raise TypeError(f"process_group: expected a torch.distributed ProcessGroup (e.g. "
+                            f"torch.distributed.group.WORLD), got {type(group).__name__}")
+        if _TORCH_FUNCTIONS is None:
+            _TORCH_FUNCTIONS = _torch_autograd_functions()
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+
+    def gather(self, ctx, x, y):
+        import torch
+        import torch.distributed as dist
+
+        gather_rows, _ = _TORCH_FUNCTIONS
+        n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+        ns = [torch.empty_like(n) for _ in range(self.world)]
+        dist.all_gather(ns, n, group=self.group)
+        sizes = [int(t) for t in ns]
+        X = gather_rows.apply(x, sizes, self.rank, self.group)
+        with torch.no_grad():
+            Y = gather_rows.apply(y.to(torch.int64), sizes, self.rank, self.group)
+        offset = torch.tensor(sum(sizes[: self.rank]), dtype=torch.int64, device=x.device)
+        return X, Y, offset
+
+    def sum(self, ctx, v):
+        _, all_reduce = _TORCH_FUNCTIONS
+        return all_reduce.apply(v, self.group)
+
+
+def match_vma(ct, primal):
+    """A cotangent with the manual-axis type (``vma``) of its primal, inside ``shard_map``.
+
+    A ``custom_vjp`` backward rule must return cotangents typed like the primal inputs: a
+    primal that varies over a mesh axis (a shard) needs a varying cotangent (``pcast``),
+    and an invariant primal (a replicated margin) needs the cotangent summed over the axes
+    it varies on (``psum``, the transpose of the implicit broadcast).  Outside
+    ``shard_map`` both sets are empty and ``ct`` is returned as is.
+    """
+    import jax
+
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:  # a JAX without manual-axis types
+        return ct
+    want, have = _varying(typeof(primal)), _varying(typeof(ct))
+    extra = tuple(sorted(have - want))
+    if extra:
+        ct = jax.lax.psum(ct, extra)
+    missing = tuple(sorted(want - have))
+    if missing:
+        ct = jax.lax.pcast(ct, missing, to="varying")
+    return ct
+
+
+def _varying(aval) -> set:
+    """The mesh axes an abstract value varies over (``vma`` in JAX 0.6-0.9,
+    ``manual_axis_type.varying`` later); empty outside ``shard_map``."""
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        mat = getattr(aval, "manual_axis_type", None)
+        vma = getattr(mat, "varying", None)
+    return set(vma or ())
+
+
+def checkpoint(be, f, *args):
+    """``f(*args)`` whose intermediates are not kept for the backward, which recomputes
+    them (torch: non-reentrant ``torch.utils.checkpoint``; JAX: ``jax.checkpoint``).
+    Without autodiff, or when nothing needs a gradient, a plain call."""
+    if be.name == "torch":
+        import torch
+
+        if torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in args):
+            from torch.utils.checkpoint import checkpoint as ckpt
+
+            return ckpt(f, *args, use_reentrant=False)
+        return f(*args)
+    if be.name == "jax":
+        import jax
+
+        if any(isinstance(a, jax.core.Tracer) for a in args):  # under jit / grad
+            return jax.checkpoint(f)(*args)
+        return f(*args)  # eager: nothing is kept for a backward
+    return f(*args)
+
+
+def fused_block_sum(be, run_block, starts, inputs):
+    """torch: the sum over row blocks of ``run_block(start, leaves) -> (scalar, info)``
+    with each block's forward *and* backward done now, one block at a time, so only one
+    block's graph is ever alive and nothing is recomputed.
+
+    ``inputs`` are the tensors the blocks read (embeddings, reference set, a learnable
+    margin); ``leaves`` are detached copies that require grad where the input does.  The
+    gradients are accumulated per input and returned by the backward of the result
+    (scaled by its upstream gradient): first-order only.  Returns ``(total, infos)``, or
+    None where this does not apply (not torch, or no input needs a gradient).
+    """
+    if be.name != "torch":
+        return None
+    import torch
+
+    if not torch.is_grad_enabled() or not any(getattr(a, "requires_grad", False) for a in inputs):
+        return None
+    leaves = [a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in inputs]
+    need = [i for i, a in enumerate(leaves) if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads = [None] * len(inputs)
+    total, infos = None, []
+    for s in starts:
+        out, info = run_block(s, leaves)
+        if out.requires_grad:
+            gs = torch.autograd.grad(out, [leaves[i] for i in need], allow_unused=True)
+            for i, g in zip(need, gs):
+                if g is not None:
+                    grads[i] = g if grads[i] is None else grads[i] + g
+        out = out.detach()
+        total = out if total is None else total + out
+        infos.append({k: v.detach() for k, v in info.items()})
+    return _fused_function().apply(total, grads, *inputs), infos
+
+
+_FUSED = None
+
+
+def _fused_function():
+    global _FUSED
+    if _FUSED is None:
+        import torch
+
+        class FusedSum(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, total, grads, *inputs):
+                ctx.grads = grads
+                return total.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                if torch.is_grad_enabled():
+                    raise RuntimeError("chunk_size=: the torch gradients of a chunked loss are first-order "
+                                       "only (computed block by block in the forward); use chunk_size=None "
+                                       "for double backward")
+                return (None, None, *[None if gr is None else g * gr for gr in ctx.grads])
+
+        _FUSED = FusedSum
+    return _FUSED

@@ -5,13 +5,16 @@ from typing import Any
 
 from ..mining import run
 from ..mining.batch_all import HINGE, SOFT
-from ._common import as_float, count_true, finish, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_dtype, count_true, finish, safe_divide, scalar
+from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_all"]
 
 def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
               soft: bool = False, reduction: str = "mean", return_info: bool = False,
-              backend: Any = None):
+              backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,
+              process_group: Any = None, axis_name: Any = None,
+              chunk_size: int | None = None):
     """Batch-all triplet loss over every valid triplet of the batch.
 
     Valid triplets are ``(a, p, n)`` with ``a != p``, ``y_a = y_p`` and ``y_a != y_n``::
@@ -25,8 +28,11 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     with threshold ``v = d(a, p) + margin`` a row-wise search gives the number ``c`` of
     negatives with ``d(a, n) < v`` and a prefix sum their total, so
     ``L[a, p] = c * v - sum_{d(a,n) < v} d(a, n)``: O(B² log B) time, O(B²) memory, no
-    data-dependent shapes. ``soft=True`` has no such closed form and costs O(B³) time
-    (O(B²) memory, blocks of anchors).
+    data-dependent shapes (the count follows the oracle's ``d(a,p) − d(a,n) + m > 0``
+    exactly, ties included). ``soft=True`` has no such closed form: the native kernel
+    (CPU) makes one pass over the anchor's row per positive, O(B²·K̄) time for K̄
+    positives per anchor on average; the portable path (GPU) costs O(B³) (O(B²) memory,
+    blocks of anchors).
 
     Args:
       labels: ``(B,)`` integer labels; embeddings: ``(B, D)`` real floating array.
@@ -37,27 +43,51 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
       return_info: also return ``{"num_valid", "num_positive", "fraction_positive"}``
         (``fraction_positive = num_positive / num_valid``, 0 when no valid triplet).
       backend: ``None`` (the embeddings' own) or a backend name/module.
+      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+        of ``embeddings``) mine their positives and negatives among its rows, no pair being
+        the same sample (docs/semantics.md, "Reference sets"); ``"none"`` is then ``(B, R)``.
+      process_group: a ``torch.distributed`` process group (torch), or
+      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+        ``"sum"`` and the info counts are those of the single-process loss on the
+        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
 
     Returns:
       0-d array (or the ``(B, B)`` array) of the embeddings' dtype on their device;
       ``(loss, info)`` with ``return_info``.
     """
-    ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_all, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name, metric=metric, soft=soft)
+    P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
+                      ref_embeddings, ref_labels, process_group, axis_name)
+    ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
     xp = ctx.xp
     idt = ctx.backend.index_dtype(xp)
-    per_pair, num_positive = run(SOFT if soft else HINGE, ctx, d, pos, neg, scalar(ctx, m))
+    # the soft step also returns ∂L/∂m (for the native bridges); the loss needs (L, count)
+    per_pair, num_positive = run(SOFT if soft else HINGE, ctx, d, pos, neg, scalar(ctx, m))[:2]
     num_pos_f = xp.sum(as_float(ctx, num_positive))
-    loss = reduce(ctx, per_pair, num_pos_f, reduction)
+    loss = reduce_pairs(P, per_pair, num_pos_f, reduction)
     info = None
     if return_info:
+        # the triplet counts grow like B³: int64, or float32 where the backend has no
+        # 64-bit integer (JAX's 32-bit mode), never a 32-bit sum that wraps around
+        cdt = count_dtype(ctx)
         npos = count_true(ctx, pos, axis=1)
         nneg = count_true(ctx, neg, axis=1)
-        num_valid = xp.sum(npos * nneg)
-        total_pos = xp.sum(xp.astype(num_positive, idt))
+        num_valid = P.global_sum(xp.sum(xp.astype(npos * nneg, cdt)))  # each row's product < B·R fits
+        total_pos = P.global_sum(xp.sum(xp.astype(num_positive, cdt)))
         info = {
             "num_valid": num_valid,
             "num_positive": total_pos,
             "fraction_positive": ctx.finish(safe_divide(
                 ctx, as_float(ctx, total_pos), as_float(ctx, num_valid))),
         }
-    return finish(ctx, loss, x, info, return_info)
+    return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import as_float, count_true, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_true, finish, hinge, safe_divide, scalar
+from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_hard"]
 
 
 def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
                soft: bool = False, reduction: str = "mean", return_info: bool = False,
-               backend: Any = None):
+               backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,
+               process_group: Any = None, axis_name: Any = None,
+               chunk_size: int | None = None):
     """Batch-hard triplet loss: each anchor's hardest positive against its hardest negative.
 
     An anchor ``a`` is *valid* when it has at least one positive and one negative. For a
@@ -39,12 +42,33 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
         ``mean_hardest_positive_dist`` and ``mean_hardest_negative_dist`` (over valid
         anchors), all arrays of the embeddings' backend.
       backend: ``None`` (the embeddings' own) or a backend name/module.
+      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+        of ``embeddings``) mine their positives and negatives among its rows, no pair being
+        the same sample (docs/semantics.md, "Reference sets"); ``"none"`` and the info
+        indices are then over the ``R`` reference rows.
+      process_group: a ``torch.distributed`` process group (torch), or
+      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+        ``"sum"`` and the info counts are those of the single-process loss on the
+        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
 
     Returns:
       0-d array (``(B,)`` for ``reduction="none"``) of the embeddings' dtype, on their
       device; with ``return_info``, ``(loss, info)``.
     """
-    ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_hard, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name, metric=metric, soft=soft)
+    P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
+                      ref_embeddings, ref_labels, process_group, axis_name)
+    ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
     xp, be = ctx.xp, ctx.backend
     inf = scalar(ctx, float("inf"))
     has_pos = xp.any(pos, axis=1)
@@ -62,23 +86,25 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
     arg = hp - hn + scalar(ctx, m)
     per_anchor = xp.where(valid, hinge(ctx, arg, soft), zero)
     num_valid = xp.sum(as_float(ctx, valid))
-    loss = reduce(ctx, per_anchor, num_valid, reduction)
+    loss = reduce_pairs(P, per_anchor, num_valid, reduction)
 
     info = None
     if return_info:
         minus1 = xp.asarray(-1, dtype=hp_idx.dtype, device=ctx.device)
+        gsum = P.global_sum
+        num_valid_g = gsum(num_valid)
         info = {
             "hardest_positive": xp.where(valid, hp_idx, minus1),
             "hardest_negative": xp.where(valid, hn_idx, minus1),
             "valid": valid,
-            "num_valid": count_true(ctx, valid, dtype=hp_idx.dtype),
+            "num_valid": gsum(count_true(ctx, valid, dtype=hp_idx.dtype)),
             # with soft=True every valid anchor counts (softplus > 0 on all of R)
             "fraction_positive": ctx.finish(safe_divide(
-                ctx, num_valid if soft else xp.sum(as_float(ctx, valid & (per_anchor > zero))),
-                num_valid)),
+                ctx, num_valid_g if soft else gsum(xp.sum(as_float(ctx, valid & (per_anchor > zero)))),
+                num_valid_g)),
             "mean_hardest_positive_dist": ctx.finish(safe_divide(
-                ctx, xp.sum(xp.where(valid, hp, zero)), num_valid)),
+                ctx, gsum(xp.sum(xp.where(valid, hp, zero))), num_valid_g)),
             "mean_hardest_negative_dist": ctx.finish(safe_divide(
-                ctx, xp.sum(xp.where(valid, hn, zero)), num_valid)),
+                ctx, gsum(xp.sum(xp.where(valid, hn, zero))), num_valid_g)),
         }
-    return finish(ctx, loss, x, info, return_info)
+    return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)

@@ -6,20 +6,27 @@ from typing import Any
 from ..backends import resolve_many
 from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
-from ._common import REDUCTIONS, as_float, finish, prepare, reduce, safe_divide, scalar
+from ._common import (REDUCTIONS, as_float, count_dtype, finish, propagate_nan, reduce,
+                      safe_divide, scalar)
+from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
 
 def _pair_terms(ctx, e2, e, same, m):
-    """``same·e² + (1 − same)·max(m − e, 0)²`` for bool ``same``."""
+    """``same·e² + (1 − same)·max(m − e, 0)²``: ``same`` a bool mask (a select), or a
+    floating array used as given in the formula (contrastive_loss's ``same``)."""
     xp = ctx.xp
     gap = xp.maximum(scalar(ctx, m) - e, scalar(ctx, 0))
-    return xp.where(same, e2, gap * gap)
+    if xp.isdtype(same.dtype, "bool"):
+        return xp.where(same, e2, gap * gap)
+    return same * e2 + (scalar(ctx, 1) - same) * (gap * gap)
 
 
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
-                      reduction: str = "mean", return_info: bool = False, backend: Any = None):
+                      reduction: str = "mean", return_info: bool = False, backend: Any = None,
+                      ref_embeddings: Any = None, ref_labels: Any = None, process_group: Any = None,
+                      axis_name: Any = None, chunk_size: int | None = None):
     """Contrastive loss over every ordered pair ``(i, j)``, ``i != j``, of the batch.
 
     With ``e = ||x_i - x_j||_2`` (always euclidean)::
@@ -35,24 +42,48 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
       return_info: also return ``num_valid`` (the number of terms, B(B−1)) and
         ``fraction_positive`` (terms with ``l > 0`` over terms; 0 when there is none).
       backend: ``None`` (the embeddings' own) or a backend name/module.
+      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+        of ``embeddings``) pair with all of its rows, no pair being
+        the same sample (docs/semantics.md, "Reference sets"); ``"mean"`` divides by ``B·R`` and ``"none"`` is ``(B, R)``.
+      process_group: a ``torch.distributed`` process group (torch), or
+      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+        ``"sum"`` and the info counts are those of the single-process loss on the
+        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
     """
-    ctx, x, d2, pos, neg, m = prepare(labels, embeddings, margin, "sqeuclidean", reduction, backend)
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_contrastive, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name)
+    P = prepare_pairs(labels, embeddings, margin, "sqeuclidean", reduction, backend,
+                      ref_embeddings, ref_labels, process_group, axis_name)
+    ctx, x, d2, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
     xp, be = ctx.xp, ctx.backend
     e = be.safe_sqrt(xp, d2)
     half = scalar(ctx, 0.5)
     zero = scalar(ctx, 0)
     per_pair = xp.where(pos | neg, half * _pair_terms(ctx, d2, e, pos, m), zero)
-    B = d2.shape[0]
-    loss = reduce(ctx, per_pair, scalar(ctx, B * (B - 1)), reduction)
+    B, R = d2.shape
+    # every pair but the anchor itself: B(B − 1) for the batch, B·R against a reference
+    # set, B_local·(B_global − 1) per rank of a global batch
+    count = scalar(ctx, P.num_pairs())
+    loss = reduce_pairs(P, per_pair, count, reduction)
     info = None
     if return_info:
-        idt = be.index_dtype(xp)
+        count_g = P.global_sum(count)
+        n_terms = (B + 1) * R  # a bound on the global count (R = the global batch when distributed)
         info = {
-            "num_valid": xp.asarray(B * (B - 1), dtype=idt, device=ctx.device),
+            "num_valid": xp.astype(count_g, count_dtype(ctx, n_terms)),
             "fraction_positive": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, per_pair > zero)), scalar(ctx, B * (B - 1)))),
+                ctx, P.global_sum(xp.sum(as_float(ctx, per_pair > zero))), count_g)),
         }
-    return finish(ctx, loss, x, info, return_info)
+    return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)
 
 
 def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
@@ -64,7 +95,9 @@ def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
 
     Args:
       x1, x2: ``(N, D)`` real floating arrays of the same dtype.
-      same: ``(N,)`` bool or integer 0/1 array: whether the pair is of one class.
+      same: ``(N,)`` bool, integer or floating array, used as given in the formula (1/True:
+        the pair is of one class; other values are not checked, as a jitted call cannot
+        check values: ``same=2`` weighs ``e²`` twice and ``max(m − e, 0)²`` by −1).
       margin: finite, ``>= 0``.
       reduction: ``"mean"`` = ½ · mean over rows, ``"sum"`` = ½ · Σ, ``"none"`` = ½ · l, shape (N,).
       backend: ``None`` (``x1``'s own) or a backend name/module.
@@ -73,34 +106,37 @@ def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
     check_margin(margin)
     ctx, (a, b) = resolve_many([(x1, "x1"), (x2, "x2")], backend)
     xp = ctx.xp
-    same_b = _as_bool(ctx, same, a.shape[0])
+    s = _as_weights(ctx, same, a.shape[0])
     d2 = row_distances(ctx, a, b, "sqeuclidean")
     e = ctx.backend.safe_sqrt(xp, d2)
-    per_row = scalar(ctx, 0.5) * _pair_terms(ctx, d2, e, same_b, margin)
+    per_row = scalar(ctx, 0.5) * _pair_terms(ctx, d2, e, s, margin)
     loss = reduce(ctx, per_row, scalar(ctx, a.shape[0]), reduction)
-    nan = xp.any(xp.isnan(a)) | xp.any(xp.isnan(b))
-    return ctx.finish(xp.where(nan, scalar(ctx, float("nan")), loss))
+    inputs = (a, b) if xp.isdtype(s.dtype, "bool") else (a, b, s)
+    return ctx.finish(propagate_nan(ctx, loss, *inputs))
 
 
-def _as_bool(ctx, same, n):
-    """``same`` as a bool array in the context: bool, or integers that are 0 or 1."""
-    import numpy as np
-
+def _as_weights(ctx, same, n):
+    """``same`` in the context: a bool array stays a mask; integer and floating values are
+    used as given, as an array of the compute dtype (``same=2`` is 2, not True)."""
     from ..backends import backend_of
+    from ..backends._base import host_array
 
-    xp = ctx.xp
+    xp, be = ctx.xp, ctx.backend
     own = backend_of(same)
-    if own is not None and own is not ctx.backend:
-        same = ctx.backend.from_numpy(own.to_numpy(same), device=ctx.device)
+    if own is not None and own is not be:
+        if own.carries_grad(same):
+            raise TypeError(f"same: a {own.name} array that carries gradients cannot be converted "
+                            f"to backend={be.name!r}; pass it as a {be.name} array")
+        same = be.from_numpy(own.to_numpy(same), device=ctx.device)
     elif own is None:
-        arr = np.asarray(same)
-        if arr.dtype == object:
-            raise TypeError("same: expected a bool or 0/1 integer array")
-        same = ctx.backend.from_numpy(arr, device=ctx.device)
+        arr = host_array(same, "same")
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"same: expected a bool, integer or floating array, got dtype {arr.dtype}")
+        same = be.from_numpy(arr, device=ctx.device)
     if same.ndim != 1 or same.shape[0] != n:
         raise ValueError(f"same: expected shape ({n},), got {tuple(same.shape)}")
     if xp.isdtype(same.dtype, "bool"):
         return same
-    if not xp.isdtype(same.dtype, "integral"):
-        raise TypeError(f"same: expected a bool or integer 0/1 array, got dtype {same.dtype}")
-    return same != xp.zeros((), dtype=same.dtype, device=ctx.device)
+    if not (xp.isdtype(same.dtype, "integral") or xp.isdtype(same.dtype, "real floating")):
+        raise TypeError(f"same: expected a bool, integer or floating array, got dtype {same.dtype}")
+    return xp.astype(same, ctx.dtype)

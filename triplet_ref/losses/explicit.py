@@ -6,7 +6,7 @@ from typing import Any
 from ..backends import resolve_many
 from ..backends._base import check_choice, check_margin
 from ..distances import METRICS, row_distances
-from ._common import REDUCTIONS, hinge, reduce, scalar
+from ._common import REDUCTIONS, hinge, propagate_nan, reduce, scalar
 
 __all__ = ["triplet_loss"]
 
@@ -38,5 +38,4 @@ def triplet_loss(anchor: Any, positive: Any, negative: Any, margin: float = 1.0,
     dan = row_distances(ctx, a, n, metric)
     per_row = hinge(ctx, dap - dan + scalar(ctx, margin), soft)
     loss = reduce(ctx, per_row, scalar(ctx, a.shape[0]), reduction)
-    nan = xp.any(xp.isnan(a)) | xp.any(xp.isnan(p)) | xp.any(xp.isnan(n))
-    return ctx.finish(xp.where(nan, scalar(ctx, float("nan")), loss))
+    return ctx.finish(propagate_nan(ctx, loss, a, p, n))

@@ -5,14 +5,17 @@ from typing import Any
 
 from ..mining import run
 from ..mining.semihard import CHOICE
-from ._common import as_float, count_true, finish, hinge, prepare, reduce, safe_divide, scalar
+from ._common import as_float, count_dtype, count_true, finish, hinge, safe_divide, scalar
+from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_semihard"]
 
 
 def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
                    metric: str = "euclidean", reduction: str = "mean",
-                   return_info: bool = False, backend: Any = None):
+                   return_info: bool = False, backend: Any = None, ref_embeddings: Any = None,
+                   ref_labels: Any = None, process_group: Any = None, axis_name: Any = None,
+                   chunk_size: int | None = None):
     """Semi-hard triplet loss: each positive pair against its semi-hard negative.
 
     Terms are the positive pairs ``(a, p)`` whose anchor has at least one negative. The
@@ -36,12 +39,32 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
         ``l > 0``) and ``fraction_semihard`` (terms whose ``n*`` came from the strict
         rule rather than the fallback).
       backend: ``None`` (the embeddings' own) or a backend name/module.
+      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+        of ``embeddings``) mine their positives and negatives among its rows, no pair being
+        the same sample (docs/semantics.md, "Reference sets"); ``"none"`` and ``semihard_negative`` are then ``(B, R)``.
+      process_group: a ``torch.distributed`` process group (torch), or
+      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+        ``"sum"`` and the info counts are those of the single-process loss on the
+        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
+        rows per block: each block mines against the whole batch (or reference set), its
+        work is checkpointed (recomputed in the backward), so a call holds
+        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
 
     Returns:
       0-d array (or the ``(B, B)`` array) of the embeddings' dtype on their device;
       ``(loss, info)`` with ``return_info``.
     """
-    ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+    if chunk_size is not None:
+        from ._pairs import chunked
+
+        return chunked(batch_semihard, labels, embeddings, margin, reduction, return_info, backend,
+                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name, metric=metric)
+    P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
+                      ref_embeddings, ref_labels, process_group, axis_name)
+    ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
     xp, be = ctx.xp, ctx.backend
     idt = be.index_dtype(xp)
     zero = scalar(ctx, 0)
@@ -57,17 +80,19 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
     arg = d - d_neg + scalar(ctx, m)
     per_pair = xp.where(term, hinge(ctx, arg, soft=False), zero)
     num_terms = xp.sum(as_float(ctx, term))
-    loss = reduce(ctx, per_pair, num_terms, reduction)
+    loss = reduce_pairs(P, per_pair, num_terms, reduction)
 
     info = None
     if return_info:
         minus1 = xp.asarray(-1, dtype=idt, device=ctx.device)
+        gsum = P.global_sum
+        num_terms_g = gsum(num_terms)
         info = {
             "semihard_negative": xp.where(term, chosen, minus1),
-            "num_valid": count_true(ctx, term),
+            "num_valid": gsum(count_true(ctx, term, dtype=count_dtype(ctx, max(d.shape) ** 2))),
             "fraction_positive": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, term & (per_pair > zero))), num_terms)),
+                ctx, gsum(xp.sum(as_float(ctx, term & (per_pair > zero)))), num_terms_g)),
             "fraction_semihard": ctx.finish(safe_divide(
-                ctx, xp.sum(as_float(ctx, semihard)), num_terms)),
+                ctx, gsum(xp.sum(as_float(ctx, semihard))), num_terms_g)),
         }
-    return finish(ctx, loss, x, info, return_info)
+    return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)

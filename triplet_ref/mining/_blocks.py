@@ -30,8 +30,11 @@ def _quiet(fn):
 
 
 # at most this many positives per anchor: the kernels make one pass over the row per
-# positive instead of sorting it (or, in the backward, searching sorted thresholds)
-_SMALL_K = 16
+# positive instead of sorting it (or, in the backward, searching sorted thresholds).
+# Read at call time (``_blocks.SMALL_K``): the tests set it to 0 to run the sorted
+# branches on small batches.
+SMALL_K = 16
+_SMALL_K = SMALL_K  # the name the kernels imported before; prefer ``_blocks.SMALL_K``
 
 # the unsigned integer type with a float type's width (its bit patterns)
 _UINT = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.uint64)}
@@ -57,33 +60,16 @@ def bsearch(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray, side:
     return lo
 
 
-def _sorted_negatives(d: np.ndarray, neg: np.ndarray, with_order: bool):
-    """Each row's negative distances ascending (+inf after them) and, optionally, the
-    column order, ties broken by the smaller index."""
-    dn = np.where(neg, d, np.inf)
-    dn += 0.0  # -0.0 -> +0.0, so the bit patterns below order like the values
-    if not with_order:
-        return np.sort(dn, axis=1), None
-    B = d.shape[1]  # columns: d may be a block of rows
-    if dn.dtype == np.float32:
-        # pack (value bits, column) into one uint64 key: one SIMD sort gives the values
-        # and a stable order (non-negative float32 bit patterns order like the floats)
-        key = (dn.view(np.uint32).astype(np.uint64) << np.uint64(32)) | np.arange(B, dtype=np.uint64)
-        key.sort(axis=1)
-        order = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        srt = (key >> np.uint64(32)).astype(np.uint32).view(np.float32)
-        return srt, order
-    order = np.argsort(dn, axis=1, kind="stable")
-    return np.take_along_axis(dn, order, axis=1), order
-
-
 # rows per block: every temporary of a kernel holds at most this many elements, so the
 # kernels add O(B) rows of scratch to their (B, B) outputs, never several full B×B arrays
 _BLOCK_ELEMENTS = 1 << 20
 
 
-def _row_blocks(B: int):
-    rows = max(1, _BLOCK_ELEMENTS // max(B, 1))
+def _row_blocks(B: int, cols: int | None = None):
+    """Slices of at most ``_BLOCK_ELEMENTS // cols`` of the ``B`` rows (``cols`` defaults
+    to ``B``)."""
+    cols = B if cols is None else cols
+    rows = max(1, _BLOCK_ELEMENTS // max(cols, 1))
     for start in range(0, B, rows):
         yield slice(start, min(B, start + rows))
 
@@ -99,10 +85,45 @@ def _slots(r: np.ndarray, rows: int):
 def _term_blocks(d: np.ndarray, terms: np.ndarray, neg: np.ndarray):
     """Per row block holding a term: ``(blk, r, c, d[blk], neg[blk], slot, kmax)`` with the
     terms' block-local rows and columns and their slots (see :func:`_slots`)."""
-    for blk in _row_blocks(d.shape[0]):
+    for blk in _row_blocks(*d.shape):
         r, c = np.nonzero(terms[blk])
         if r.size == 0:
             continue
         db = d[blk]
         slot, kmax = _slots(r, db.shape[0])
         yield blk, r, c, db, neg[blk], slot, kmax
+
+
+def row_spans(r: np.ndarray, rows: int):
+    """``(start, stop)``: each row's entries in row-major ``np.nonzero`` output."""
+    n = np.bincount(r, minlength=rows)
+    stop = np.cumsum(n)
+    return stop - n, stop
+
+
+def thresholds(dp: np.ndarray, margin) -> np.ndarray:
+    """``τ`` with ``(dp − x) + m > 0  ⇔  x < τ`` for every float ``x ≥ 0`` of ``dp``'s dtype.
+
+    The oracle counts a hinge term ``d(a,p) − d(a,n) + m`` as positive when it is ``> 0``.
+    With a margin below the rounding step of ``d(a,p)`` that is not
+    ``d(a,n) < fl(d(a,p) + m)`` (``fl(1 + 1e-20) = 1`` would drop the ties
+    ``d(a,n) = d(a,p)``).  ``fl(dp − x)`` does not increase with ``x``, and
+    ``fl(y + m) > 0 ⇔ y > −m`` exactly, so the predicate holds exactly below a boundary
+    ``τ`` within a few ulps of ``fl(dp + m)``: found by ``nextafter`` steps.  NaN stays NaN.
+    """
+    m = dp.dtype.type(margin)
+    t = dp + m
+    up = np.asarray(np.inf, dtype=dp.dtype)
+    down = np.asarray(-np.inf, dtype=dp.dtype)
+    for _ in range(4):  # two steps at most are ever needed; the rest is a guard
+        hold = (dp - t) + m > 0
+        if not hold.any():
+            break
+        t = np.where(hold, np.nextafter(t, up), t)
+    for _ in range(4):
+        prev = np.nextafter(t, down)
+        lower = ~((dp - prev) + m > 0) & (t > 0)
+        if not lower.any():
+            break
+        t = np.where(lower, prev, t)
+    return t

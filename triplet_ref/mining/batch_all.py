@@ -1,17 +1,19 @@
 """The batch-all row sums ``L[a, p] = Σ_n h(d(a, p) − d(a, n) + m)`` and the per-pair count
 of positive triplets: the hinge and the softplus (soft) versions.
 
-Two implementations of the hinge step live here: the portable array-API one
-(:func:`hinge_rows`: sorted negatives, a row-wise search and prefix sums) and the NumPy
-kernel (:func:`batch_all_forward` / :func:`batch_all_backward`), which the CPU backends
-run natively (see :mod:`triplet_ref.mining`).  The soft step has the portable version only.
+Each step has two implementations here: the portable array-API one (:func:`hinge_rows`:
+sorted negatives, a row-wise search and prefix sums; :func:`soft_rows`: blocks of anchors)
+and the NumPy kernel (:func:`batch_all_forward` / :func:`batch_all_backward`,
+:func:`soft_forward` / :func:`soft_backward`), which the CPU backends run natively (see
+:mod:`triplet_ref.mining`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..losses._common import as_float, count_true, scalar
-from ._blocks import _SMALL_K, _quiet, _sorted_negatives, _term_blocks, bsearch
+from . import _blocks
+from ._blocks import _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
 __all__ = ["HINGE", "SOFT", "hinge_rows", "soft_rows", "batch_all_forward", "batch_all_backward"]
@@ -27,7 +29,7 @@ _SOFT_BLOCK_ELEMENTS = 1 << 22
 def hinge_rows(ctx, d, pos, neg, m):
     """``L[a, p]`` and the per-pair count of positive triplets, from sorted negatives."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B = d.shape[1]  # the candidates (columns): d may be (B, R) against a reference set
     zero = scalar(ctx, 0)
     inf = scalar(ctx, float("inf"))
     idt = be.index_dtype(xp)
@@ -44,9 +46,27 @@ def hinge_rows(ctx, d, pos, neg, m):
     shifted = xp.where(real, srt - base[:, None], zero)
     prefix = xp.cumulative_sum(shifted, axis=1, include_initial=True)  # (B, B + 1)
 
-    v = d + scalar(ctx, m)
-    count = be.searchsorted_rows(xp, srt, v, side="left", where=pos)  # #{n: d(a,n) < v}
-    count = xp.where(pos, xp.astype(count, idt), xp.zeros((), dtype=idt, device=ctx.device))
+    mm = scalar(ctx, m)
+    v = d + mm
+    izero = xp.zeros((), dtype=idt, device=ctx.device)
+    ione = xp.ones((), dtype=idt, device=ctx.device)
+    count = xp.astype(be.searchsorted_rows(xp, srt, v, side="left", where=pos), idt)  # #{d(a,n) < v}
+    # The oracle's rule is (d(a,p) − d(a,n)) + m > 0; it differs from d(a,n) < fl(d(a,p) + m)
+    # only for the negatives within a rounding step of v (a margin below d(a,p)'s ulp
+    # makes exact ties positive).  Step across the tie block on each side of the count:
+    # every element of a block has one value, so the rule holds for all of it or none.
+    last = xp.asarray(B - 1, dtype=idt, device=ctx.device)
+    for up in (True, False):
+        at = xp.minimum(xp.maximum(count if up else count - ione, izero), last)
+        x = be.take_rows(xp, srt, at)
+        ok = (d - x) + mm > zero
+        if up:
+            move = pos & (count < nneg[:, None]) & ok
+        else:
+            move = pos & (count > izero) & ~ok
+        jump = xp.astype(be.searchsorted_rows(xp, srt, x, side="right" if up else "left", where=move), idt)
+        count = xp.where(move, jump, count)
+    count = xp.where(pos, count, izero)
     below = be.take_rows(xp, prefix, count)
     cf = as_float(ctx, count)
     per_pair = xp.where(pos, cf * (v - base[:, None]) - below, zero)
@@ -56,95 +76,112 @@ def hinge_rows(ctx, d, pos, neg, m):
 
 
 def soft_rows(ctx, d, pos, neg, m):
-    """softplus version: blocks of anchors, each ``(b, B, B)`` with b·B² ≤ the budget."""
+    """softplus version: ``(L, count, slope)`` (``slope = ∂L/∂m = Σ_n σ(t)``), blocks of
+    anchors, each ``(b, B, B)`` with b·B² ≤ the budget: O(B³) time, O(B²) memory."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B, R = d.shape  # R = B, or the size of a reference set
     zero = scalar(ctx, 0)
     idt = be.index_dtype(xp)
-    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (B * B)))
-    rows, counts = [], []
+    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (R * R)))
+    rows, counts, slopes = [], [], []
     for start in range(0, B, blk):
         stop = min(B, start + blk)
         da = d[start:stop, :]
         t = da[:, :, None] - da[:, None, :] + scalar(ctx, m)  # (b, p, n)
         mask = pos[start:stop, :, None] & neg[start:stop, None, :]
-        lt = xp.where(mask, be.softplus(xp, t), zero)
-        rows.append(xp.sum(lt, axis=2))
+        sp = be.softplus(xp, t)
+        rows.append(xp.sum(xp.where(mask, sp, zero), axis=2))
+        slopes.append(xp.sum(xp.where(mask, xp.exp(t - sp), zero), axis=2))  # σ(t) = e^{t − softplus(t)}
         # softplus > 0 on all of R: every valid triplet is positive (docs/semantics.md)
         counts.append(xp.sum(xp.astype(mask, idt), axis=2))
     if len(rows) == 1:
-        return rows[0], counts[0]
-    return xp.concat(rows, axis=0), xp.concat(counts, axis=0)
+        return rows[0], counts[0], slopes[0]
+    return xp.concat(rows, axis=0), xp.concat(counts, axis=0), xp.concat(slopes, axis=0)
 
 
 # --- the NumPy kernel ------------------------------------------------------------------
 
 @_quiet
-def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float):
-    """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and ``count[a, p] = #{n: d(a,n) < d(a,p) + m}``
-    (int32) at positive pairs, 0 elsewhere.  Sums are accumulated in float64."""
-    B = d.shape[0]
-    out = np.zeros((B, B), dtype=d.dtype)
-    count = np.zeros((B, B), dtype=np.int32)
+def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
+    """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and
+    ``count[a, p] = #{n: d(a,p) − d(a,n) + m > 0}`` (int32) at positive pairs, 0 elsewhere.
+
+    Shapes ``(R, C)`` (d float32/float64/longdouble, masks bool); sums accumulate in
+    float64.  A term is positive exactly when the oracle's ``d(a,p) − d(a,n) + m > 0`` is
+    (:func:`._blocks.thresholds`).  Time: O(R·C·K) for at most ``SMALL_K`` positives per
+    anchor (one pass per positive), else O(R·C log C) (each row sorted once, its
+    thresholds searched in it).
+    """
+    R, C = d.shape
+    out = np.zeros((R, C), dtype=d.dtype)
+    count = np.zeros((R, C), dtype=np.int32)
     m = d.dtype.type(margin)
     for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
         rows = db.shape[0]
-        if kmax <= _SMALL_K:
+        dp = db[r, c]
+        tau = _blocks.thresholds(dp, m)
+        v = dp.astype(np.float64) + np.float64(m)
+        if kmax <= _blocks.SMALL_K:
             # few positives per anchor (P×K batches): one pass over the row per positive
-            # beats sorting it.  Padded slots hold -inf and add nothing.
+            # beats sorting it.  Σ max(τ − d, 0) − c·(τ − v) = Σ (v − d) over the c
+            # counted negatives; padded slots hold −inf and add nothing.
             dn = np.where(nb, db, np.inf)
-            V = np.full((rows, kmax), -np.inf, dtype=d.dtype)
-            V[r, slot] = db[r, c] + m
+            T = np.full((rows, kmax), -np.inf, dtype=d.dtype)
+            T[r, slot] = tau
             S = np.zeros((rows, kmax), dtype=np.float64)
-            C = np.zeros((rows, kmax), dtype=np.int32)
+            K = np.zeros((rows, kmax), dtype=np.int32)
             h = np.empty_like(dn)
             for k in range(kmax):
-                np.subtract(V[:, k : k + 1], dn, out=h)
+                np.subtract(T[:, k : k + 1], dn, out=h)
                 np.maximum(h, 0, out=h)
                 S[:, k] = np.add.reduce(h, axis=1, dtype=np.float64)
-                C[:, k] = np.count_nonzero(h, axis=1)
-            out[blk][r, c] = S[r, slot]
-            count[blk][r, c] = C[r, slot]
+                K[:, k] = np.count_nonzero(h, axis=1)
+            cnt = K[r, slot]
+            val = S[r, slot] - np.where(cnt > 0, cnt * (tau.astype(np.float64) - v), 0.0)
+            out[blk][r, c] = np.maximum(val, 0.0)
+            count[blk][r, c] = cnt
             continue
-        srt, _ = _sorted_negatives(db, nb, with_order=False)
-        nneg = nb.sum(axis=1)
-        base = np.where(nneg > 0, srt[:, 0], 0).astype(np.float64)
-        real = np.arange(B)[None, :] < nneg[:, None]
-        shifted = np.where(real, srt - base[:, None], 0.0)
-        prefix = np.cumsum(shifted, axis=1, dtype=np.float64)
-        v = db[r, c] + m
-        k = bsearch(srt, r, v, "left")
-        below = np.where(k > 0, prefix[r, np.maximum(k - 1, 0)], 0.0)
-        vals = k * (v.astype(np.float64) - base[r]) - below
-        out[blk][r, c] = np.maximum(vals, 0.0)
-        count[blk][r, c] = k
+        # many positives per anchor: per row, its negatives sorted once and every
+        # threshold searched in them (the row stays in cache)
+        ob, cb = out[blk], count[blk]
+        start, stop = _blocks.row_spans(r, rows)
+        ps = np.zeros(C + 1, dtype=np.float64)
+        for a in np.flatnonzero(stop > start):
+            s, e = start[a], stop[a]
+            dn = db[a][nb[a]]
+            dn.sort()
+            np.cumsum(dn, dtype=np.float64, out=ps[1 : dn.size + 1])
+            k = np.searchsorted(dn, tau[s:e], side="left")  # #{n: d(a,n) < τ}
+            cols = c[s:e]
+            ob[a, cols] = np.maximum(k * v[s:e] - ps[k], 0.0)
+            cb[a, cols] = k
     return out, count
 
 
 @_quiet
-def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: float,
+def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin,
                        grad: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Gradient of ``Σ grad ⊙ L`` with respect to ``d``.
+    """Gradient of ``Σ grad ⊙ L`` with respect to ``d`` (shape and dtype of ``d``).
 
     ``∂/∂d(a,p) = grad[a,p]·count[a,p]`` and
-    ``∂/∂d(a,n) = −Σ_{p: d(a,n) < d(a,p) + m} grad[a,p]``.
+    ``∂/∂d(a,n) = −Σ_{p: d(a,p) − d(a,n) + m > 0} grad[a,p]``.
     """
-    B = d.shape[0]
-    out = np.zeros((B, B), dtype=d.dtype)
+    R, C = d.shape
+    out = np.zeros((R, C), dtype=d.dtype)
     m = d.dtype.type(margin)
-    grad = np.broadcast_to(grad, (B, B))
+    grad = np.broadcast_to(grad, (R, C))
     for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
         gb, ob = grad[blk], out[blk]
         ob[...] = np.where(pos[blk], gb * count[blk], 0)  # blocks without a term stay 0
         rows = db.shape[0]
-        thr = db[r, c] + m
+        tau = _blocks.thresholds(db[r, c], m)
         w = gb[r, c]
-        if kmax <= _SMALL_K:
+        if kmax <= _blocks.SMALL_K:
             T = np.full((rows, kmax), -np.inf, dtype=d.dtype)
             W = np.zeros((rows, kmax), dtype=d.dtype)
-            T[r, slot] = thr
+            T[r, slot] = tau
             W[r, slot] = w
-            acc = np.zeros((rows, B), dtype=d.dtype)
+            acc = np.zeros((rows, C), dtype=d.dtype)
             tmp = np.empty_like(acc)
             hit = np.empty(acc.shape, dtype=bool)
             for k in range(kmax):
@@ -154,17 +191,103 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin: 
             np.multiply(acc, nb, out=acc)
             ob -= acc
             continue
-        # many positives per anchor: per row, sort the thresholds and search each negative
-        for a in range(rows):
-            sel = r == a
-            if not sel.any():
-                continue
-            t = thr[sel]
+        # many positives per anchor: per row, its thresholds sorted and each negative
+        # searched in them; Σ grad over the thresholds above it
+        start, stop = _blocks.row_spans(r, rows)
+        for a in np.flatnonzero(stop > start):
+            s, e = start[a], stop[a]
+            t = tau[s:e]
             o = np.argsort(t)
-            ts = t[o]
-            tail = np.concatenate([np.cumsum(w[sel][o][::-1])[::-1], [0.0]])  # Σ w over t > x
-            idx = np.searchsorted(ts, db[a], side="right")
-            ob[a] -= np.where(nb[a], tail[idx], 0).astype(d.dtype)
+            tail = np.zeros(e - s + 1, dtype=np.float64)
+            tail[:-1] = np.cumsum(w[s:e][o][::-1], dtype=np.float64)[::-1]  # Σ grad over τ > x
+            nc = np.flatnonzero(nb[a])
+            idx = np.searchsorted(t[o], db[a, nc], side="right")
+            ob[a, nc] -= tail[idx].astype(d.dtype)
+    return out
+
+
+@_quiet
+def soft_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
+    """The softplus row sums: ``(L, count, slope)`` at positive pairs, 0 elsewhere.
+
+    ``L[a,p] = Σ_n softplus(t)`` and ``slope[a,p] = ∂L/∂m = Σ_n σ(t)`` with
+    ``t = d(a,p) − d(a,n) + m`` (dtype of ``d``, accumulated in float64);
+    ``count[a,p]`` (int32) the number of negatives (every valid triplet is positive).
+    One pass over the row per positive, over the anchors that have that many
+    positives: O(Σ_a K_a · C) = O(B²·K̄) time, O(rows·C) scratch.
+    """
+    R, C = d.shape
+    out = np.zeros((R, C), dtype=d.dtype)
+    slope = np.zeros((R, C), dtype=d.dtype)
+    count = np.zeros((R, C), dtype=np.int32)
+    m = d.dtype.type(margin)
+    one = d.dtype.type(1)
+    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
+        rows = db.shape[0]
+        npos = np.bincount(r, minlength=rows)
+        dn = np.where(nb, db, np.inf)  # t = −inf off the negatives: softplus 0, σ 0
+        V = np.zeros((rows, kmax), dtype=d.dtype)
+        V[r, slot] = db[r, c] + m
+        S = np.zeros((rows, kmax), dtype=np.float64)
+        G = np.zeros((rows, kmax), dtype=np.float64)
+        for k in range(kmax):
+            live = npos > k
+            every = bool(live.all())
+            t = (V[:, k : k + 1] - dn) if every else (V[live, k : k + 1] - dn[live])
+            q = np.negative(t)
+            np.minimum(q, t, out=q)
+            np.exp(q, out=q)  # e^{−|t|}
+            h = np.log1p(q)
+            pos_t = t > 0
+            np.maximum(t, 0, out=t)
+            h += t  # softplus(t) = max(t, 0) + log1p(e^{−|t|})
+            S[live, k] = np.add.reduce(h, axis=1, dtype=np.float64)
+            # σ(t) = 1/(1 + e^{−|t|}) for t > 0, e^{−|t|}/(1 + e^{−|t|}) otherwise
+            np.add(q, one, out=h)
+            np.divide(np.where(pos_t, one, q), h, out=h)
+            G[live, k] = np.add.reduce(h, axis=1, dtype=np.float64)
+        out[blk][r, c] = S[r, slot]
+        slope[blk][r, c] = G[r, slot]
+        count[blk][r, c] = np.count_nonzero(nb, axis=1)[r]
+    return out, count, slope
+
+
+@_quiet
+def soft_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin,
+                  grad: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """Gradient of ``Σ grad ⊙ L`` (softplus) with respect to ``d``:
+    ``∂/∂d(a,p) = grad[a,p]·slope[a,p]``, ``∂/∂d(a,n) = −Σ_p grad[a,p]·σ(t(a,p,n))``."""
+    R, C = d.shape
+    out = np.zeros((R, C), dtype=d.dtype)
+    m = d.dtype.type(margin)
+    one = d.dtype.type(1)
+    grad = np.broadcast_to(grad, (R, C))
+    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
+        gb, ob = grad[blk], out[blk]
+        ob[...] = np.where(pos[blk], gb * slope[blk], 0)
+        rows = db.shape[0]
+        npos = np.bincount(r, minlength=rows)
+        dn = np.where(nb, db, np.inf)
+        V = np.zeros((rows, kmax), dtype=d.dtype)
+        W = np.zeros((rows, kmax), dtype=d.dtype)
+        V[r, slot] = db[r, c] + m
+        W[r, slot] = gb[r, c]
+        acc = np.zeros((rows, C), dtype=d.dtype)
+        for k in range(kmax):
+            live = npos > k
+            every = bool(live.all())
+            t = (V[:, k : k + 1] - dn) if every else (V[live, k : k + 1] - dn[live])
+            q = np.negative(t)
+            np.minimum(q, t, out=q)
+            np.exp(q, out=q)
+            s = np.add(q, one)
+            np.divide(np.where(t > 0, one, q), s, out=s)
+            s *= W[:, k : k + 1] if every else W[live, k : k + 1]
+            if every:
+                acc += s
+            else:
+                acc[live] += s
+        ob -= acc
     return out
 
 
@@ -176,5 +299,11 @@ HINGE = Step(
 """``(d, pos, neg, margin) -> (L, count)``: ``L`` (B, B) of ``d``'s dtype, differentiable in
 ``d`` and the margin; ``count`` the number of positive triplets per pair (integers)."""
 
-SOFT = Step("batch_all_soft", "batch_all", soft_rows)
-"""``(d, pos, neg, margin) -> (L, count)`` with the softplus: portable only."""
+SOFT = Step(
+    "batch_all_soft", "batch_all", soft_rows,
+    Kernel(soft_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32", "float"),
+           backward=soft_backward, saved=(2,), slopes={3: 2}),
+)
+"""``(d, pos, neg, margin) -> (L, count, slope)`` with the softplus: ``L`` (B, B) of ``d``'s
+dtype, differentiable in ``d`` and the margin; ``count`` the number of valid triplets per
+pair; ``slope = ∂L/∂m = Σ_n σ(d(a,p) − d(a,n) + m)`` (float)."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses._common import count_true, scalar
-from ._blocks import _SMALL_K, _UINT, _quiet, _sorted_negatives, _term_blocks, bsearch
+from . import _blocks
+from ._blocks import _UINT, _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
 __all__ = ["CHOICE", "choose", "semihard_choice"]
@@ -23,7 +24,7 @@ __all__ = ["CHOICE", "choose", "semihard_choice"]
 def choose(ctx, d, neg, term):
     """Portable semi-hard mining: ``(chosen, semihard)`` index and flag matrices."""
     xp, be = ctx.xp, ctx.backend
-    B = d.shape[0]
+    B = d.shape[1]  # the candidates (columns): d may be (B, R) against a reference set
     idt = be.index_dtype(xp)
     izero = xp.zeros((), dtype=idt, device=ctx.device)
     inf = scalar(ctx, float("inf"))
@@ -51,12 +52,12 @@ def choose(ctx, d, neg, term):
 def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
     """The semi-hard negative of every term ``(a, p)``: ``(chosen, semihard)``, both
     (B, B); ``chosen`` is 0 off-term, ``semihard`` says whether the strict rule chose."""
-    B = d.shape[0]
-    chosen = np.zeros((B, B), dtype=np.int64)
-    semi = np.zeros((B, B), dtype=bool)
+    R, C = d.shape
+    chosen = np.zeros((R, C), dtype=np.int64)
+    semi = np.zeros((R, C), dtype=bool)
     for blk, r, c, db, nb, slot, kmax in _term_blocks(d, term, neg):
         rows = db.shape[0]
-        if kmax <= _SMALL_K:
+        if kmax <= _blocks.SMALL_K and d.dtype in _UINT:
             # few positives per anchor: per positive, the nearest negative beyond it by
             # one integer subtraction and one argmin over the distances' bit patterns
             # (non-negative floats order like their bits; integer arithmetic is exact,
@@ -89,16 +90,34 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
             chosen[blk][r, c] = CH[r, slot]
             semi[blk][r, c] = ST[r, slot]
             continue
-        srt, order = _sorted_negatives(db, nb, with_order=True)
-        nneg = nb.sum(axis=1)
-        k = bsearch(srt, r, db[r, c], "right")  # first negative strictly farther than d(a, p)
-        strict = k < nneg[r]
-        rows = np.arange(db.shape[0])
-        last = np.maximum(nneg - 1, 0)
-        first_largest = bsearch(srt, rows, srt[rows, last], "left")
-        at = np.where(strict, k, first_largest[r])
-        chosen[blk][r, c] = order[r, np.minimum(at, B - 1)]
-        semi[blk][r, c] = strict
+        # many terms per anchor (or a dtype without a bit-pattern trick): per row, its
+        # negatives sorted once (ties by column) and every term searched in them
+        start, stop = _blocks.row_spans(r, rows)
+        cb, sb = chosen[blk], semi[blk]
+        for a in np.flatnonzero(stop > start):
+            s, e = start[a], stop[a]
+            nc = np.flatnonzero(nb[a])
+            if nc.size == 0:  # not a term's anchor (terms have a negative)
+                continue
+            dn = db[a, nc]
+            dn += 0.0  # -0.0 -> +0.0
+            if dn.dtype == np.float32:
+                # (value bits, column) packed in one uint64 key: one SIMD sort gives the
+                # values and a stable order (non-negative float32 bits order like the floats)
+                key = dn.view(np.uint32).astype(np.uint64) << np.uint64(32)
+                key |= nc.astype(np.uint64)
+                key.sort()
+                srt = (key >> np.uint64(32)).astype(np.uint32).view(np.float32)
+                order = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            else:
+                o = np.argsort(dn, kind="stable")
+                srt, order = dn[o], nc[o]
+            cols = c[s:e]
+            k = np.searchsorted(srt, db[a, cols], side="right")  # first strictly farther
+            strict = k < nc.size
+            first_largest = np.searchsorted(srt, srt[-1], side="left")
+            cb[a, cols] = np.where(strict, order[np.minimum(k, nc.size - 1)], order[first_largest])
+            sb[a, cols] = strict
     return chosen, semi
 
 

@@ -1,0 +1,95 @@
+"""``chunk_size=``: anchors in row blocks (checkpointed), against the oracles on every
+backend, with a reference set, and with the gradients of the unchunked call."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import triplet_ref as tr
+
+from loss_helpers import ONLINE, assert_close, check_array_result, check_info
+
+_RNG = np.random.default_rng(9)
+Y = np.array([0, 1, 2, 0, 1, 2, 0, 3, 1])  # class 3 is a singleton: an invalid anchor
+X = _RNG.normal(size=(9, 3))
+RY = np.array([0, 1, 2, 3, 0, 1, 4])
+RX = _RNG.normal(size=(7, 3))
+NONE_SHAPE = {"batch_hard": (9,), "batch_hard_soft": (9,)}
+
+
+@pytest.mark.parametrize("loss", ONLINE, ids=repr)
+def test_chunked_matches_oracle(request, xp, loss):
+    if xp.name == "jax" and not request.config.getoption("--runslow"):
+        pytest.skip("slow: jax eager compiles every block shape; jax is covered by the jit test below")
+    dtype = "float64"
+    x = xp.asarray(X, dtype)
+    for red in ("mean", "sum", "none"):
+        got = loss.call(Y, x, 0.6, reduction=red, chunk_size=4)
+        want = loss.truth(Y, X, 0.6, reduction=red)
+        shape = NONE_SHAPE.get(loss.id, (9, 9)) if red == "none" else ()
+        assert_close(check_array_result(xp, got, x, shape), want, dtype, f"{loss.id} {red}")
+    got, info = loss.call(Y, x, 0.6, return_info=True, chunk_size=2)
+    want, oinfo = loss.truth(Y, X, 0.6, return_info=True)
+    assert_close(check_array_result(xp, got, x, ()), want, dtype)
+    check_info(xp, info, oinfo, dtype, x)
+
+
+@pytest.mark.parametrize("loss", ONLINE, ids=repr)
+def test_chunked_reference_set_matches_oracle(loss):
+    kw = dict(ref_embeddings=RX, ref_labels=RY)
+    for red in ("mean", "none"):
+        got = loss.call(Y, X, 0.6, reduction=red, chunk_size=4, **kw)
+        assert_close(got, loss.truth(Y, X, 0.6, reduction=red, **kw), "float64", f"{loss.id} {red}")
+
+
+@pytest.mark.parametrize("loss", ONLINE, ids=repr)
+def test_chunked_torch_gradients_equal_unchunked(loss):
+    torch = pytest.importorskip("torch")
+    y = torch.as_tensor(Y)
+    grads = []
+    for chunk in (None, 2):
+        x = torch.tensor(X, requires_grad=True)
+        r = torch.tensor(RX, requires_grad=True)
+        m = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+        a = loss.call(y, x, m, chunk_size=chunk)
+        b = loss.call(y, x, m, chunk_size=chunk, ref_embeddings=r, ref_labels=torch.as_tensor(RY))
+        grads.append([g.numpy() for g in torch.autograd.grad(a + b, (x, r, m))])
+    for g, w in zip(*grads):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    assert np.any(grads[0][0] != 0)
+
+
+@pytest.mark.parametrize("losses", [
+    pytest.param(("batch_all", "batch_hard"), id="default"),
+    pytest.param(("batch_all_soft", "batch_hard_soft", "batch_semihard", "batch_contrastive"),
+                 id="rest", marks=pytest.mark.slow),
+])
+def test_chunked_jax_jit_gradients_equal_unchunked(losses):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+
+    def total(x, chunk):
+        return sum(loss.call(y, x, 0.6, chunk_size=chunk) for loss in ONLINE if loss.id in losses)
+
+    g = jax.jit(jax.grad(lambda x: total(x, 4)))(x)
+    w = jax.jit(jax.grad(lambda x: total(x, None)))(x)
+    np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_chunk_size_bad_input():
+    with pytest.raises(ValueError, match="chunk_size"):
+        tr.batch_hard(Y, X, chunk_size=0)
+    with pytest.raises(TypeError, match="chunk_size"):
+        tr.batch_all(Y, X, chunk_size=2.0)
+    with pytest.raises(ValueError, match="chunk_size cannot be combined"):
+        tr.batch_semihard(Y, X, chunk_size=2, axis_name="i")
+
+
+def test_chunked_torch_double_backward_raises():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(X, requires_grad=True)
+    loss = tr.batch_hard(torch.as_tensor(Y), x, 0.6, chunk_size=4)
+    with pytest.raises(RuntimeError, match="first-order"):
+        torch.autograd.grad(loss, x, create_graph=True)

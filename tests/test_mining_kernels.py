@@ -1,0 +1,158 @@
+"""The NumPy mining kernels, branch by branch, against the oracles in every label regime.
+
+The kernels pick a branch by the largest number of positives per anchor (``SMALL_K``):
+one pass per positive for few, a per-row sort and search for many.  Small batches
+reach the second branch here by setting ``triplet_ref.mining._blocks.SMALL_K = 0``.
+Also: the margin-rounding rule of issue #13 item 6 on every backend and implementation,
+the softplus kernel's gradients, and ``np.longdouble`` embeddings (#13 item 13).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import triplet_ref as tr
+from triplet_ref import mining, oracles
+from triplet_ref.mining import _blocks
+from triplet_ref.mining.batch_all import (batch_all_backward, batch_all_forward, soft_backward,
+                                          soft_forward)
+from triplet_ref.mining.semihard import semihard_choice
+from triplet_ref.testing.regimes import REGIMES, make_labels
+
+# (SMALL_K, row-block elements): one pass per positive / per-row sort and search, in one
+# row block or in blocks of a few rows (the kernels' block-local row/column bookkeeping)
+BRANCHES = {"few": (16, None), "many": (0, None), "few-blocks": (16, 64), "many-blocks": (0, 64)}
+TOL = {np.float32: 2e-4, np.float64: 1e-9}
+
+
+@pytest.fixture(params=list(BRANCHES))
+def branch(request, monkeypatch):
+    small_k, block = BRANCHES[request.param]
+    monkeypatch.setattr(_blocks, "SMALL_K", small_k)
+    if block is not None:
+        monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", block)
+    return request.param
+
+
+def _batch(regime, B, dtype, seed, ties=False):
+    y = make_labels(regime, B, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, 3))
+    if ties:  # a coarse grid: many exactly equal distances
+        x = np.round(x * 2) / 2
+    return y, x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("regime", REGIMES)
+def test_losses_match_oracle_in_every_regime(branch, regime, dtype):
+    B = 23
+    for seed, ties in ((0, False), (1, True)):
+        y, x = _batch(regime, B, dtype, seed, ties)
+        tol = TOL[dtype]
+        for m in (1.0, 0.25):
+            for soft in (False, True):
+                got, info = tr.batch_all(y, x, m, soft=soft, reduction="none", return_info=True)
+                want, winfo = oracles.batch_all(y, x, m, soft=soft, reduction="none", return_info=True)
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+                if not ties or dtype == np.float64:  # counts on exact ties need exact distances
+                    assert int(info["num_positive"]) == winfo["num_positive"]
+                np.testing.assert_allclose(tr.batch_all(y, x, m, soft=soft),
+                                           oracles.batch_all(y, x, m, soft=soft), rtol=tol, atol=tol)
+            got, info = tr.batch_semihard(y, x, m, reduction="none", return_info=True)
+            want, winfo = oracles.batch_semihard(y, x, m, reduction="none", return_info=True)
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+            if dtype == np.float64 or not ties:
+                np.testing.assert_array_equal(info["semihard_negative"], winfo["semihard_negative"])
+
+
+def _torch_reference_grads(d, pos, neg, m, g, soft):
+    """∂ Σ g ⊙ L / ∂d by torch autograd of the dense definition (float64)."""
+    torch = pytest.importorskip("torch")
+    dt = torch.tensor(d.astype(np.float64), requires_grad=True)
+    t = dt[:, :, None] - dt[:, None, :] + m
+    mask = torch.tensor(pos[:, :, None] & neg[:, None, :])
+    h = torch.nn.functional.softplus(t) if soft else torch.relu(t)
+    L = torch.where(mask, h, torch.zeros(())).sum(2)
+    (L * torch.tensor(g.astype(np.float64))).sum().backward()
+    return L.detach().numpy(), dt.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("regime", ["pk4", "two_classes", "big_class_singletons", "random_singletons"])
+def test_kernel_gradients(branch, regime, dtype):
+    B = 19
+    y, x = _batch(regime, B, np.float64, seed=3)
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)).astype(dtype)  # distinct: no ties
+    pos = (y[:, None] == y[None]) & ~np.eye(B, dtype=bool)
+    neg = y[:, None] != y[None]
+    g = np.random.default_rng(4).standard_normal((B, B)).astype(dtype)
+    tol = TOL[dtype]
+    m = np.asarray(0.7, dtype=dtype)
+    for soft in (False, True):
+        want_L, want_g = _torch_reference_grads(d, pos, neg, float(m), g, soft)
+        if soft:
+            L, count, slope = soft_forward(d, pos, neg, m)
+            got_g = soft_backward(d, pos, neg, m, g, slope)
+            # slope = ∂L/∂m = Σ_n σ(t): the positive side of the gradient with g = 1
+            _, g1 = _torch_reference_grads(d, pos, neg, float(m), np.ones_like(g), True)
+            np.testing.assert_allclose(np.where(pos, slope, 0), np.where(pos, g1, 0), rtol=tol, atol=tol)
+            np.testing.assert_array_equal(count, np.where(pos, neg.sum(1)[:, None], 0))
+        else:
+            L, count = batch_all_forward(d, pos, neg, m)
+            got_g = batch_all_backward(d, pos, neg, m, g, count)
+        np.testing.assert_allclose(L, want_L, rtol=tol, atol=tol)
+        np.testing.assert_allclose(got_g, want_g, rtol=tol, atol=tol)
+
+
+def test_semihard_kernel_ties_go_to_smallest_index(branch):
+    # 1-D points on a grid: many equal distances, every choice decided by the tie rule
+    y = np.array([0, 1, 0, 1, 1, 0, 2, 2, 0, 1, 2, 0])
+    x = np.array([[0.0], [1.0], [1.0], [2.0], [0.0], [2.0], [1.0], [3.0], [0.0], [3.0], [2.0], [1.0]])
+    for dtype in (np.float32, np.float64):
+        _, info = tr.batch_semihard(y, x.astype(dtype), 1.0, reduction="none", return_info=True)
+        _, winfo = oracles.batch_semihard(y, x, 1.0, reduction="none", return_info=True)
+        np.testing.assert_array_equal(info["semihard_negative"], winfo["semihard_negative"])
+
+
+# --- issue #13 item 6: a margin below the distances' rounding step ----------------------
+
+def test_thresholds_decide_like_the_oracle():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        dp = np.concatenate([rng.random(2000) * 10, [0.0, 1.0, 3.0, 1e-30, 7.0]]).astype(dtype)
+        for m in (0.0, 1e-20, 1e-8, 1e-3, 1.0, 1e3, 1e30):
+            tau = _blocks.thresholds(dp, m)
+            mm = dtype(m)
+            for x in (tau, np.nextafter(tau, np.asarray(-np.inf, dtype))):
+                # the rule (dp − x) + m > 0 flips exactly at τ
+                rule = (dp - x) + mm > 0
+                np.testing.assert_array_equal(rule, x < tau)
+
+
+@pytest.mark.parametrize("impl", ["portable", "auto"])  # auto: the native kernel where there is one
+def test_margin_below_rounding_step_keeps_ties_positive(xp, impl):
+    # d(0,1) = d(0,2) = 1: the triplet (0, 1, 2) has d_ap − d_an + m = 1e-20 > 0, positive
+    y = [0, 0, 1]
+    x = xp.asarray([[0.0], [1.0], [1.0]], dtype="float64")
+    want, winfo = oracles.batch_all(y, [[0.0], [1.0], [1.0]], 1e-20, return_info=True)
+    assert want == 0.5 and winfo["num_positive"] == 2
+    with mining.force(impl):
+        got, info = tr.batch_all(xp.asarray(np.array(y)), x, 1e-20, return_info=True)
+    assert float(xp.to_numpy(got)) == 0.5
+    assert int(xp.to_numpy(info["num_positive"])) == 2
+
+
+# --- issue #13 item 13: np.longdouble embeddings -----------------------------------------
+
+@pytest.mark.parametrize("loss", ["batch_all", "batch_all_soft", "batch_hard", "batch_semihard",
+                                  "batch_contrastive"])
+def test_longdouble_embeddings(loss):
+    y = np.array([0, 0, 1, 1, 2, 0, 2])
+    x = np.random.default_rng(5).standard_normal((7, 4))
+    kw = {"soft": True} if loss == "batch_all_soft" else {}
+    name = "batch_all" if loss == "batch_all_soft" else loss
+    got = getattr(tr, name)(y, x.astype(np.longdouble), 0.5, reduction="none", **kw)
+    assert got.dtype == np.longdouble  # computed in the input's precision
+    want = getattr(oracles, name)(y, x, 0.5, reduction="none", **kw)
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,319 @@
+"""Anchors against a set of candidates: the batch itself, a reference set, or the global
+batch of a data-parallel run.
+
+Every batch loss calls :func:`prepare_pairs` instead of ``prepare``.  It returns a
+:class:`Pairs`: the ``(B, R)`` distances from the anchors (the rows of ``embeddings``) to
+the candidates, the positive and negative masks, and the communicator whose ``sum`` turns
+a local partial sum into the global one (None on one process).
+
+* no reference, no group: the candidates are the batch (``R = B``), ``(a, a)`` is not a pair;
+* ``ref_embeddings`` / ``ref_labels``: the candidates are the reference rows, no pair is
+  excluded (docs/semantics.md, "Reference sets");
+* ``process_group`` (torch.distributed) / ``axis_name`` (JAX, inside ``shard_map`` or
+  ``pmap``): the candidates are the global batch, gathered in rank order with a
+  differentiable all-gather; ``(a, offset + a)`` — the anchor itself — is not a pair
+  (docs/semantics.md, "Global-batch mining").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends import Context, resolve
+from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
+from ..distances import METRICS, cross_distance_matrix
+from ._common import REDUCTIONS, as_float, non_finite, prepare, safe_divide, scalar
+
+
+@dataclass
+class Pairs:
+    ctx: Context
+    x: Any            # the anchors (B, D), compute dtype
+    d: Any            # (B, R) distances anchors → candidates
+    pos: Any          # (B, R) bool: positive pairs (same label, not the same sample)
+    neg: Any          # (B, R) bool: negative pairs (different label)
+    margin: Any
+    comm: Any = None  # .sum(ctx, partial) -> global sum (None: one process)
+    same: Any = None   # (B, R) bool: the pair is the anchor itself (None: no such pair)
+    nan_src: Any = None  # an array whose NaN-ness decides the loss's (default: x)
+    n_same: int = -1   # pairs excluded as the anchor itself (-1: one per anchor, the batch)
+
+    @property
+    def distributed(self) -> bool:
+        return self.comm is not None
+
+    def num_pairs(self) -> int:
+        """The number of (anchor, candidate) pairs that are not the anchor itself."""
+        B, R = self.d.shape
+        return B * R - (B if self.n_same < 0 else self.n_same)
+
+    def global_sum(self, v):
+        return v if self.comm is None else self.comm.sum(self.ctx, v)
+
+    def not_same(self):
+        """(B, R) bool: every pair but the anchor itself."""
+        xp = self.ctx.xp
+        if self.same is None:
+            return xp.ones(self.d.shape, dtype=xp.bool, device=self.ctx.device)
+        return ~self.same
+
+
+def resolve_reference(ctx: Context, x, ref_embeddings: Any, ref_labels: Any, *, labels_needed: bool = True):
+    """``ref_embeddings`` (and ``ref_labels``) in ``ctx``: ``(r, ry)`` with ``r`` in the
+    compute dtype.  Raises ValueError/TypeError naming the argument."""
+    if labels_needed:
+        if ref_embeddings is None:
+            raise ValueError("ref_labels was given without ref_embeddings; pass both or neither")
+        if ref_labels is None:
+            raise ValueError("ref_embeddings was given without ref_labels; pass both or neither")
+    from ..backends import backend_of
+
+    native = backend_of(ref_embeddings) is ctx.backend
+    r = _as_backend_array(ref_embeddings, ctx.backend, "ref_embeddings", device=ctx.device)
+    _check_embeddings(ctx.xp, r, "ref_embeddings")
+    if native and r.dtype != ctx.out_dtype:
+        # Decision: an array of the embeddings' framework must have their dtype (no silent
+        # promotion or rounding of a tensor that may carry gradients); lists and foreign
+        # arrays are read in the embeddings' dtype, like labels are
+        raise TypeError(f"ref_embeddings: dtype {r.dtype} differs from embeddings' {ctx.out_dtype}")
+    if r.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"ref_embeddings: {r.shape[1]} columns, but embeddings has {x.shape[1]}; they must match")
+    if ctx.backend.device_of(r) != ctx.device:
+        raise ValueError(f"ref_embeddings: on device {ctx.backend.device_of(r)}, embeddings on {ctx.device}")
+    if r.dtype != ctx.dtype:
+        r = ctx.xp.astype(r, ctx.dtype)
+    ry = convert_labels(ctx, ref_labels, r.shape[0], name="ref_labels") if labels_needed else None
+    return r, ry
+
+
+def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: str,
+                  backend: Any, ref_embeddings: Any = None, ref_labels: Any = None,
+                  process_group: Any = None, axis_name: Any = None) -> Pairs:
+    """Validate the arguments and build the :class:`Pairs` of one call (a
+    ``process_group`` that is a :class:`_Block` is one row block of a :func:`chunked` call)."""
+    if isinstance(process_group, _Block):
+        return _block_pairs(labels, embeddings, margin, metric, backend, process_group)
+    has_ref = ref_embeddings is not None or ref_labels is not None
+    has_group = process_group is not None
+    has_axis = axis_name is not None
+    if not (has_ref or has_group or has_axis):
+        ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+        return Pairs(ctx, x, d, pos, neg, m)
+    if has_group and has_axis:
+        raise ValueError("process_group (torch.distributed) and axis_name (JAX) cannot both be given")
+    if has_ref and (has_group or has_axis):
+        raise ValueError(
+            "ref_embeddings/ref_labels cannot be combined with process_group/axis_name: the "
+            "global batch is the reference set of a distributed call")
+    check_choice(metric, "metric", METRICS)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    check_margin(margin)
+    ctx, x, y = resolve(embeddings, labels, backend)
+    xp = ctx.xp
+    if has_ref:
+        r, ry = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+        d = cross_distance_matrix(ctx, x, r, metric)
+        eq = y[:, None] == ry[None, :]
+        bad = non_finite(ctx, x, r)  # NaN or ±inf: docs/semantics.md, non-finite input
+        nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
+        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
+
+    from ..backends._scale import communicator
+
+    comm = communicator(ctx.backend, process_group=process_group, axis_name=axis_name)
+    X, Y, offset = comm.gather(ctx, x, y)
+    d = cross_distance_matrix(ctx, x, X, metric)
+    B, R = d.shape
+    idt = offset.dtype
+    rows = xp.arange(B, dtype=idt, device=ctx.device)
+    cols = xp.arange(R, dtype=idt, device=ctx.device)
+    same = cols[None, :] == (rows + offset)[:, None]
+    # the anchor's own column: exactly 0 (the single-process diagonal), no pair
+    d = xp.where(same, scalar(ctx, 0), d)
+    eq = Y[None, :] == y[:, None]
+    # NaN anywhere in the global batch: a global count, so that every rank agrees (and JAX
+    # sees a replicated value)
+    bad = comm.sum(ctx, as_float(ctx, non_finite(ctx, x))) > scalar(ctx, 0)
+    nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
+    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, comm=comm, same=same, nan_src=nan_src)
+
+
+def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -> Pairs:
+    ctx, x, y = resolve(embeddings, labels, backend)
+    xp = ctx.xp
+    X, Y = block.X, block.Y
+    d = cross_distance_matrix(ctx, x, X, metric)
+    eq = y[:, None] == Y[None, :]
+    nan = non_finite(ctx, x, X)
+    nan_src = xp.where(nan, scalar(ctx, float("nan")), scalar(ctx, 0))
+    if not block.exclude_self:
+        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
+    B, R = d.shape
+    idt = block.offset.dtype
+    rows = xp.arange(B, dtype=idt, device=ctx.device)
+    cols = xp.arange(R, dtype=idt, device=ctx.device)
+    same = cols[None, :] == (rows + block.offset)[:, None]
+    d = xp.where(same, scalar(ctx, 0), d)
+    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
+
+
+def reduce_pairs(P: Pairs, per_term, count, reduction: str):
+    """``sum`` → Σ, ``mean`` → Σ / count (0 when count is 0), ``none`` → the local array;
+    Σ and count are global sums in a distributed call (equal on every rank)."""
+    ctx, xp = P.ctx, P.ctx.xp
+    if reduction == "none":
+        return per_term
+    total = P.global_sum(xp.sum(per_term))
+    if reduction == "sum":
+        return total
+    return safe_divide(ctx, total, P.global_sum(as_float(ctx, count)))
+
+
+# --- bounded memory: anchors in row blocks ---------------------------------------------
+class _Block:
+    """The candidates of one row block of a chunked call: the whole batch (or reference
+    set) with this block's first row at ``offset``; sums stay per block (``chunked``
+    adds the blocks up)."""
+
+    def __init__(self, X, Y, offset, same: bool):
+        self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
+
+    def gather(self, ctx, x, y):
+        return self.X, self.Y, self.offset
+
+    def sum(self, ctx, v):
+        return v
+
+
+def check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size: expected None or a positive int, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+
+
+def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, return_info: bool,
+            backend: Any, chunk_size: int, ref_embeddings: Any = None, ref_labels: Any = None,
+            process_group: Any = None, axis_name: Any = None, **options):
+    """``fn`` (a batch loss) on row blocks of ``chunk_size`` anchors, added up.
+
+    Each block mines its anchors against the whole batch (its own rows excluded as the
+    same sample) or against the reference set; only the block's ``(chunk_size, R)``
+    arrays are alive at a time.  The block's computation is checkpointed (torch
+    ``torch.utils.checkpoint``, JAX ``jax.checkpoint``): the backward recomputes it
+    block by block instead of keeping every block's intermediates.  ``"mean"`` is the
+    sum of the blocks' sums over the sum of their counts; ``"none"`` and the info index
+    arrays are the blocks' rows concatenated.
+    """
+    from ..backends._scale import checkpoint
+
+    check_chunk_size(chunk_size)
+    if process_group is not None or axis_name is not None:
+        raise ValueError("chunk_size cannot be combined with process_group/axis_name (yet): "
+                         "each rank already holds only B_local × B_global")
+    check_choice(reduction, "reduction", REDUCTIONS)
+    check_margin(margin)
+    ctx, x, y = resolve(embeddings, labels, backend)
+    xp = ctx.xp
+    if ref_embeddings is not None or ref_labels is not None:
+        X, Y = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+        self_ref = False
+    else:
+        X, Y = x, y
+        self_ref = True
+    B = x.shape[0]
+    idt = ctx.backend.index_dtype(xp)
+    red = "none" if reduction == "none" else "sum"
+
+    def run_block(s, leaves):
+        x_all = leaves[0]
+        cand = x_all if self_ref else leaves[1]
+        comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
+        out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
+                       return_info=True, process_group=comm, **options)
+        if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
+            info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
+        return out, info
+
+    fused = None
+    if reduction != "none":
+        # torch: each block's backward runs right after its forward (no recomputation)
+        from ..backends._scale import fused_block_sum
+
+        fused = fused_block_sum(ctx.backend, run_block, range(0, B, chunk_size), [x, X, margin])
+    if fused is not None:
+        total, infos = fused
+        return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, summed=True)
+    blocks = []
+    for s in range(0, B, chunk_size):
+        e = min(B, s + chunk_size)
+
+        def block(x_all, X_all, s=s, e=e):
+            cand = x_all if self_ref else X_all
+            comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
+            out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
+                           return_info=True, process_group=comm, **options)
+            if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
+                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
+            return out, info
+
+        out, info = checkpoint(ctx.backend, block, x, X)
+        blocks.append((out, info))
+    return _finish_chunked(ctx, blocks, reduction, return_info)
+
+
+def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
+    """Loss and info of a chunked call from its blocks' ``(out, info)`` (``summed``: the
+    first ``out`` is already the total)."""
+    xp = ctx.xp
+    if reduction == "none":
+        loss = xp.concat([o for o, _ in blocks], axis=0)
+    elif summed:
+        loss = blocks[0][0]
+    else:
+        total = blocks[0][0]
+        for o, _ in blocks[1:]:
+            total = total + o
+        loss = total
+    info = _merge_info(ctx, [i for _, i in blocks])
+    if reduction == "mean":
+        key = "num_positive" if "num_positive" in info else "num_valid"
+        loss = safe_divide(ctx, loss, as_float(ctx, info[key]))
+    loss = ctx.finish(loss)
+    return (loss, info) if return_info else loss
+
+
+def _merge_info(ctx, infos):
+    """The info of the whole batch from its blocks': counts added, index arrays
+    concatenated, fractions and means weighted by their block's ``num_valid``."""
+    xp = ctx.xp
+    out = {}
+    nv = [as_float(ctx, i["num_valid"]) for i in infos]
+    nv_total = nv[0]
+    for v in nv[1:]:
+        nv_total = nv_total + v
+    for key, first in infos[0].items():
+        vals = [i[key] for i in infos]
+        if key.startswith(("fraction_", "mean_")):
+            if key == "fraction_positive" and "num_positive" in infos[0]:
+                continue  # batch_all: from its counts below
+            acc = as_float(ctx, vals[0]) * nv[0]
+            for v, w in zip(vals[1:], nv[1:]):
+                acc = acc + as_float(ctx, v) * w
+            out[key] = ctx.finish(safe_divide(ctx, acc, nv_total))
+        elif first.ndim >= 1:
+            out[key] = xp.concat(vals, axis=0)
+        else:
+            acc = vals[0]
+            for v in vals[1:]:
+                acc = acc + v
+            # a count that does not depend on the data may come back from jax.checkpoint
+            # as a NumPy scalar: keep every entry an array of the backend
+            out[key] = xp.asarray(acc, device=ctx.device)
+    if "num_positive" in out and "fraction_positive" in infos[0]:
+        out["fraction_positive"] = ctx.finish(safe_divide(
+            ctx, as_float(ctx, out["num_positive"]), as_float(ctx, out["num_valid"])))
+    return {k: out[k] for k in infos[0]}
