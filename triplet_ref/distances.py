@@ -208,7 +208,8 @@ def cross_distance_matrix(ctx: Context, x, r, metric: str):
             nz = norm > zero
             return a * xp.where(nz, one / xp.where(nz, norm, one), zero)[:, None]
 
-        g = unit(x) @ unit(r).T
+        # rows rescaled by powers of two first: cosine is scale invariant (distance_matrix)
+        g = unit(pow2_scaled_rows(xp, x)) @ unit(pow2_scaled_rows(xp, r)).T
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         return xp.minimum(xp.maximum(one - g, zero), two)
     x0 = x[:1, :]

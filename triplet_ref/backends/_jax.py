@@ -205,23 +205,25 @@ def _refine_static(x, d, w, tau, pairs):
     recomputation (``_dense``); then duplicates are canonicalised (``_canonical``).
     With concrete values (eager, also under ``jax.grad``) the choices are made in Python,
     so only the branch taken is compiled (once per shape); traced under ``jax.jit`` they
-    are ``lax.cond``.  Differentiable: refined pairs get the direct formula's gradient."""
+        are ``lax.cond`` and only the sparse branch exists (at most 16·B close pairs refined).
+    Differentiable: refined pairs get the direct formula's gradient."""
     n = d.shape[0]
     if n < 2:
         return d
-    upper, count = _close_pairs(d, w, tau)
     size = min(n * (n - 1) // 2, _REFINE_PAIRS_PER_ROW * n)
     idx = jnp.arange(n)
-    try:
-        count = int(count)
-    except jax.errors.ConcretizationTypeError:  # traced (jax.jit): static-shape conds
-        def refine(d):
-            return jax.lax.cond(count <= size, partial(_sparse, size=size, pairs=pairs),
-                                partial(_dense, tau=tau, pairs=pairs), x, d, w, upper)
+    if isinstance(d, jax.core.Tracer) and not _concrete(d):
+        # traced (jax.jit): one lax.cond; only the sparse branch exists (the dense one costs
+        # seconds of XLA compilation at every batch size, for data that rarely needs it:
+        # beyond 16·B close pairs, under jax.jit, the rest keep their Gram value — documented)
+        def refine(x, d, w):
+            upper, _ = _close_pairs(d, w, tau)
+            d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs)
+            return _canonical(d, rep)
 
-        d, rep = jax.lax.cond(count > 0, lambda x, d, w, upper: refine(d),
-                              lambda x, d, w, upper: (d, idx), x, d, w, upper)
-        return jax.lax.cond(jnp.any(rep != idx), _canonical, lambda d, rep: d, d, rep)
+        return jax.lax.cond(_close_count(d, w, tau) > 0, refine, lambda x, d, w: d, x, d, w)
+    upper, count = _close_pairs(d, w, tau)
+    count = int(count)
     if count == 0:
         return d
     if count <= size:
@@ -229,6 +231,22 @@ def _refine_static(x, d, w, tau, pairs):
     else:
         d, rep = _dense(x, d, w, upper, tau=tau, pairs=pairs)
     return _canonical(d, rep) if bool(jnp.any(rep != idx)) else d
+
+
+def _concrete(d) -> bool:
+    try:
+        bool(jnp.any(d[:1, :1] != 0))
+        return True
+    except jax.errors.ConcretizationTypeError:
+        return False
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _close_count(d, w, tau):
+    """The number of close pairs ``i < j``, without materialising the mask."""
+    idx = jnp.arange(d.shape[0])
+    thr = w * tau
+    return jnp.sum((d < thr[:, None] + thr[None, :]) & (idx[:, None] < idx[None, :]))
 
 
 @partial(jax.jit, static_argnums=(2,))
