@@ -22,6 +22,8 @@ from . import backends
 # torch.compile cannot trace a backend's first (importing) lookup: build the backends of
 # frameworks that are already imported now (imports nothing new)
 backends._preload_imported()
+# and those imported later, right after their import (torch.compile in any import order)
+backends._build_on_import()
 
 __version__ = "0.1.0"
 

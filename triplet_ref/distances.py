@@ -1,6 +1,7 @@
 """Pairwise distances from the Gram matrix, with an exact zero diagonal and safe gradients."""
 from __future__ import annotations
 
+from .backends import computes_in_full_precision
 from typing import Any
 
 from .backends import Context, resolve
@@ -12,6 +13,7 @@ __all__ = ["pairwise_distances", "METRICS"]
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
+@computes_in_full_precision
 def pairwise_distances(embeddings: Any, ref_embeddings: Any = None, *, metric: str = "euclidean",
                        backend: Any = None):
     """All pairwise distances between the rows of ``embeddings``.

@@ -184,6 +184,37 @@ def ensure_backends(values, backend: Any = None) -> None:
         backend_of(v)
 
 
+def computes_in_full_precision(fn):
+    """Decorator of the public functions: they compute in float32 (float64 stays
+    float64) whatever ``torch.autocast`` says.
+
+    Inside ``torch.autocast`` (CPU or CUDA) the call runs with autocast switched off, so
+    the distance GEMM and the mining run in the compute dtype of the inputs
+    (float16/bfloat16 embeddings, as autocast makes a ``Linear`` return them, are upcast to
+    float32 as always) instead of being cast down piecewise; the result keeps the
+    embeddings' dtype and the backward runs through the same casts.  Without torch
+    imported, or outside autocast, it adds two flag lookups.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return fn(*args, **kwargs)
+        cpu = torch.is_autocast_enabled("cpu")
+        cuda = torch.is_autocast_enabled("cuda")
+        if not (cpu or cuda):
+            return fn(*args, **kwargs)
+        if cpu and cuda:
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                return fn(*args, **kwargs)
+        with torch.autocast("cpu" if cpu else "cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def compiling() -> bool:
     """Whether torch.compile is tracing (False when torch was never imported)."""
     torch = sys.modules.get("torch")
@@ -259,6 +290,79 @@ def _preload_imported() -> None:
                 get_backend(name)
             except Exception:  # pragma: no cover - a broken install fails later, with its own error
                 pass
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the current call (False when torch is not imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+class _BuildAfterImport:
+    """A ``sys.meta_path`` finder that builds a backend right after its framework's first
+    import completes (``import triplet_ref`` before ``import torch``): the backend is then
+    ready before any ``torch.compile`` trace, whatever the import order.
+
+    It finds the framework's spec with the other finders and wraps that spec's loader's
+    ``exec_module`` (the loader object itself is unchanged); it removes itself after one
+    import.  A failure to build is left to the first call to report.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.module = _FRAMEWORK[name][0]
+        self.busy = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.module or self.busy:
+            return None
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy = False
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+        finder = self
+
+        def exec_module(module):
+            try:
+                original(module)
+            finally:
+                try:
+                    del loader.exec_module  # the loader's own method again
+                except AttributeError:  # pragma: no cover
+                    pass
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
+            if _LOCK._is_owned():  # imported by get_backend itself, which builds the backend
+                return
+            if not _LOCK.acquire(blocking=False):  # another thread is creating a backend:
+                return  # this one is built by the first call instead
+            try:
+                get_backend(finder.name)
+            except Exception:  # pragma: no cover - reported by the first call instead
+                pass
+            finally:
+                _LOCK.release()
+
+        try:
+            loader.exec_module = exec_module
+        except AttributeError:  # pragma: no cover - a loader that refuses attributes
+            return spec
+        return spec
+
+
+def _build_on_import() -> None:
+    """Build the torch backend as soon as torch is imported (see :class:`_BuildAfterImport`)."""
+    if "torch" in sys.modules or any(isinstance(f, _BuildAfterImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _BuildAfterImport("torch"))
 
 
 def _cold_lookup_while_compiling(name: str) -> None:

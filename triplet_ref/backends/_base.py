@@ -195,8 +195,8 @@ def _check_margin(margin: Any) -> None:
         kind = str(getattr(margin, "dtype", "")).lower()
         if "bool" in kind or "complex" in kind or not any(k in kind for k in ("float", "int")):
             raise TypeError(f"margin: expected a real scalar, got dtype {getattr(margin, 'dtype', None)}")
-    if not isinstance(margin, numbers.Real) and _torch_compiling():
-        return  # a tensor margin under torch.compile is traced: not checkable here
+    if _torch_compiling():  # traced by torch.compile: the value may be data (as under jax.jit)
+        return
     try:
         value = float(margin.detach() if hasattr(margin, "detach") else margin)
     except Exception:  # a 0-d value traced under jit: it cannot be checked here

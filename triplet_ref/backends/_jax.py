@@ -19,81 +19,121 @@ def _safe_sqrt(x):
 @_safe_sqrt.defjvp
 def _safe_sqrt_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    out = jnp.sqrt(x)
-    safe = jnp.where(out > 0, out, jnp.ones_like(out))
-    return out, jnp.where(out > 0, t / (2 * safe), jnp.zeros_like(out))
+    pos = x > 0
+    # sqrt only of positive values where it is differentiated: the rule itself is
+    # differentiated for second-order derivatives, and sqrt'(0) = inf would make a NaN
+    # there; x <= 0 (0, or NaN, which stays NaN) has derivative 0
+    safe = jnp.sqrt(jnp.where(pos, x, jnp.ones_like(x)))
+    out = jnp.where(pos, safe, jax.lax.stop_gradient(jnp.sqrt(x)))
+    return out, jnp.where(pos, t / (2 * safe), jnp.zeros_like(x))
 
 
-# --- the NumPy kernels through pure_callback on CPU -----------------------------------
+# --- the mining steps' NumPy kernels through pure_callback on CPU, built from each spec ---
+from ..mining import NativeUnsupported  # noqa: E402
 
-from ..mining.batch_all import batch_all_backward, batch_all_forward  # noqa: E402
-from ..mining.semihard import semihard_choice  # noqa: E402
+
+try:  # forward-mode tracers (jax.grad traces with LinearizeTracer in current JAX)
+    from jax.interpreters.ad import JVPTracer as _JVPTracer
+except ImportError:  # pragma: no cover
+    class _JVPTracer:  # noqa: D101
+        pass
 
 
 def _int_dtype():
     return jnp.asarray(0).dtype
 
 
-def _batch_all_call(d, pos, neg, margin):
-    idt = _int_dtype()
-    shapes = (jax.ShapeDtypeStruct(d.shape, d.dtype), jax.ShapeDtypeStruct(d.shape, idt))
-
-    def host(d, pos, neg, margin):
-        out, count = batch_all_forward(np.asarray(d), np.asarray(pos), np.asarray(neg),
-                                                float(np.asarray(margin)))
-        return out, count.astype(idt)
-
-    out, count = jax.pure_callback(host, shapes, d, pos, neg, margin)
-    # inside shard_map a callback's results are typed replicated: type them like d (a
-    # shard), or psum/grad would treat them as replicated values
-    return match_vma(out, d), match_vma(count, d)
+def _kind_dtype(kind, like):
+    if kind == "float":
+        return like.dtype
+    return {"int32": jnp.int32, "index": _int_dtype(), "bool": jnp.bool_}[kind]
 
 
-# the margin is an operand (a 0-d array), not a static argument: a traced margin under
-# jax.jit works, and one compilation serves every margin
-@jax.custom_vjp
-def _batch_all(d, pos, neg, margin):
-    return _batch_all_call(d, pos, neg, margin)
+class _JaxStep:
+    """One mining step's NumPy kernel as a JAX function: ``pure_callback`` (with
+    ``vmap_method="sequential"``, so ``jax.vmap`` works) under a ``custom_vjp`` whose
+    backward is the kernel's backward (the gradient of a 0-d input from the spec's
+    slopes), the whole call under one ``jax.jit`` so eager calls compile once per shape
+    instead of on every call.  Forward-mode differentiation (``jax.jvp``,
+    ``jax.hessian``) cannot pass a ``custom_vjp``: it raises :class:`NativeUnsupported`
+    and the dispatcher runs the portable implementation.  Built once per step."""
+
+    def __init__(self, step):
+        k = step.kernel
+        self.step = step
+        n_in = len(k.inputs)
+
+        def host_forward(*arrays):
+            res = k.forward(*(np.asarray(a) for a in arrays))
+            return tuple(np.asarray(r, dtype=_kind_dtype(kind, arrays[0])) for r, kind in zip(res, k.outputs))
+
+        def call(*arrays):
+            shapes = tuple(jax.ShapeDtypeStruct(arrays[0].shape, _kind_dtype(kind, arrays[0])) for kind in k.outputs)
+            outs = jax.pure_callback(host_forward, shapes, *arrays, vmap_method="sequential")
+            # inside shard_map a callback's results are typed replicated: type them like
+            # d (a shard), or psum/grad would treat them as replicated values
+            return tuple(match_vma(o, arrays[0]) for o in outs)
+
+        if k.backward is None:  # not differentiable: indices, flags
+            def nondiff(*arrays):
+                return call(jax.lax.stop_gradient(arrays[0]), *arrays[1:])
+
+            self.fn = jax.jit(nondiff)
+            return
+
+        def host_backward(*arrays):
+            out = k.backward(*(np.asarray(a) for a in arrays))
+            return np.asarray(out, dtype=arrays[0].dtype)
+
+        f = jax.custom_vjp(call)
+
+        def f_fwd(*arrays):
+            out = call(*arrays)
+            return out, (arrays, tuple(out[i] for i in k.saved))
+
+        def f_bwd(res, cts):
+            arrays, saved = res
+            grad = cts[0]
+            d = arrays[0]
+            gd = jax.pure_callback(host_backward, jax.ShapeDtypeStruct(d.shape, d.dtype),
+                                   *arrays, grad, *saved, vmap_method="sequential")
+            # inside shard_map: cotangents typed like their primals (manual axes)
+            grads = [match_vma(gd, d)] + [None] * (n_in - 1)
+            for i, j in k.slopes.items():  # d out0 / d input i = output j, elementwise
+                gi = jnp.sum(grad * saved[k.saved.index(j)].astype(grad.dtype)).astype(arrays[i].dtype)
+                grads[i] = match_vma(gi, arrays[i])
+            return tuple(grads)
+
+        f.defvjp(f_fwd, f_bwd)
+        self.fn = jax.jit(f)
+
+    def __call__(self, *arrays):
+        if any(isinstance(a, _JVPTracer) for a in arrays):
+            # forward mode (jax.jvp, jax.hessian, jvp of grad): a custom_vjp has none, and
+            # under an outer jit JAX would only say so later, out of reach of this call
+            raise NativeUnsupported(
+                f"forward-mode differentiation through the native CPU kernel of {self.step.name!r}")
+        try:
+            return self.fn(*arrays)
+        except (TypeError, ValueError) as exc:
+            # jax.jvp / jax.hessian: a custom_vjp (or the pure_callback under it) has no
+            # forward mode; JAX says so with one of these messages
+            msg = str(exc)
+            if "custom_vjp" in msg or "do not support JVP" in msg:
+                raise NativeUnsupported(
+                    f"forward-mode differentiation through the native CPU kernel of "
+                    f"{self.step.name!r}") from None
+            raise
 
 
-def _batch_all_fwd(d, pos, neg, margin):
-    out, count = _batch_all_call(d, pos, neg, margin)
-    return (out, count), (d, pos, neg, margin, count)
+_STEPS: dict = {}
 
 
-def _batch_all_bwd(res, cts):
-    d, pos, neg, margin, count = res
-    grad = cts[0]
-
-    def host(d, pos, neg, margin, grad, count):
-        return batch_all_backward(np.asarray(d), np.asarray(pos), np.asarray(neg),
-                                           float(np.asarray(margin)), np.asarray(grad),
-                                           np.asarray(count))
-
-    gd = jax.pure_callback(host, jax.ShapeDtypeStruct(d.shape, d.dtype), d, pos, neg, margin, grad, count)
-    # dL/dm: each positive triplet's hinge has slope 1 in the margin
-    gm = jnp.sum(grad * count.astype(grad.dtype)).astype(margin.dtype)
-    # inside shard_map: cotangents typed like their primals (manual axes)
-    return match_vma(gd, d), None, None, match_vma(gm, margin)
-
-
-_batch_all.defvjp(_batch_all_fwd, _batch_all_bwd)
-
-
-def _native_batch_all(d, pos, neg, margin):
-    return _batch_all(d, pos, neg, jnp.asarray(margin, dtype=d.dtype))
-
-
-def _native_semihard(d, neg, term):
-    idt = _int_dtype()
-    shapes = (jax.ShapeDtypeStruct(d.shape, idt), jax.ShapeDtypeStruct(d.shape, jnp.bool_))
-
-    def host(d, neg, term):
-        chosen, semi = semihard_choice(np.asarray(d), np.asarray(neg), np.asarray(term))
-        return chosen.astype(idt), semi
-
-    chosen, semi = jax.pure_callback(host, shapes, jax.lax.stop_gradient(d), neg, term)
-    return match_vma(chosen, d), match_vma(semi, d)
+def _native_step(step):
+    op = _STEPS.get(step.name)
+    if op is None:
+        op = _STEPS[step.name] = _JaxStep(step)
+    return op
 
 
 def _on_cpu(x) -> bool:
@@ -166,7 +206,7 @@ class JaxBackend(Backend):
     def native_kernel(self, step, like):
         if not _on_cpu(like):
             return None  # GPU: the portable jnp.sort / searchsorted path
-        return {"batch_all_hinge": _native_batch_all, "semihard_choice": _native_semihard}.get(step.name)
+        return _native_step(step) if step.kernel is not None else None
 
     def value_and_grad(self, fn, x):
         v, g = jax.value_and_grad(fn)(x)
@@ -191,6 +231,17 @@ class JaxBackend(Backend):
 BACKEND = JaxBackend()
 
 
+def _build_native_steps():
+    from .. import mining
+
+    for step in mining.STEPS.values():
+        if step.kernel is not None:
+            _native_step(step)
+
+
+_build_native_steps()
+
+
 # --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------
 #: the sparse branch recomputes up to this many close pairs per row on average; more go
 #: to the dense branch (every row block that holds one, recomputed directly)
@@ -205,7 +256,7 @@ def _refine_static(x, d, w, tau, pairs):
     recomputation (``_dense``); then duplicates are canonicalised (``_canonical``).
     With concrete values (eager, also under ``jax.grad``) the choices are made in Python,
     so only the branch taken is compiled (once per shape); traced under ``jax.jit`` they
-        are ``lax.cond`` and only the sparse branch exists (at most 16·B close pairs refined).
+    are ``lax.cond`` and only the sparse branch exists (at most 16·B close pairs refined).
     Differentiable: refined pairs get the direct formula's gradient."""
     n = d.shape[0]
     if n < 2:

@@ -1,12 +1,13 @@
-"""NumPy backend: no autograd, so primitives may work in place on intermediates."""
+"""NumPy backend: no autograd, so primitives may work in place on intermediates.
+
+Sorting, searching and gathering use the portable array-API primitives: NumPy runs the
+mining steps' NumPy kernels natively (``triplet_ref/mining/``), so those primitives serve
+only the portable implementation, which the suite forces on NumPy too."""
 from __future__ import annotations
 
 import numpy as np
 
 from ._base import Backend
-
-
-from ..mining._blocks import bsearch as _bsearch
 
 
 class NumpyBackend(Backend):
@@ -76,29 +77,6 @@ class NumpyBackend(Backend):
         if sqrt:
             np.sqrt(d2, out=d2)
         return d2
-
-    def sort_rows(self, xp, x):
-        return np.sort(x, axis=-1)
-
-    def argsort_rows(self, xp, x):
-        return np.argsort(x, axis=-1, kind="stable")
-
-    def searchsorted_rows(self, xp, sorted_rows, values, side="left", where=None):
-        sorted_rows = np.asarray(sorted_rows)
-        values = np.asarray(values)
-        if where is not None:
-            # only the entries under ``where`` are needed: search just those
-            r, c = np.nonzero(where)
-            out = np.zeros(values.shape, dtype=np.int64)
-            out[r, c] = _bsearch(sorted_rows, r, values[r, c], side)
-            return out
-        out = np.empty(values.shape, dtype=np.int64)
-        for i in range(values.shape[0]):
-            out[i] = np.searchsorted(sorted_rows[i], values[i], side=side)
-        return out
-
-    def take_rows(self, xp, x, idx):
-        return np.take_along_axis(x, np.asarray(idx, dtype=np.intp), axis=-1)
 
     def native_kernel(self, step, like):
         # the steps' NumPy kernels are NumPy's native implementation

@@ -10,6 +10,8 @@ from ._base import Backend
 class _SafeSqrt(torch.autograd.Function):
     """sqrt with gradient 0 where the input is 0 (one pass forward, one backward)."""
 
+    generate_vmap_rule = True  # torch.func.vmap
+
     @staticmethod
     def forward(x):
         return torch.sqrt(x)
@@ -24,74 +26,188 @@ class _SafeSqrt(torch.autograd.Function):
         return torch.where(out > 0, grad / (2 * out), torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
-# --- the NumPy kernels as custom ops for CPU tensors (opaque to torch.compile) ---------
-from torch import Tensor  # noqa: E402
+# --- the mining steps' NumPy kernels as torch custom ops, built from each step's spec ------
+from ..mining import SQDIST, NativeUnsupported  # noqa: E402
 
-from ..mining import SQDIST  # noqa: E402
-from ..mining.batch_all import batch_all_backward, batch_all_forward  # noqa: E402
-from ..mining.semihard import semihard_choice  # noqa: E402
-
-
-@torch.library.custom_op("triplet_ref::batch_all_fwd", mutates_args=())
-def _batch_all_fwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    out, count = batch_all_forward(d.numpy(), pos.numpy(), neg.numpy(), margin)
-    return torch.from_numpy(out), torch.from_numpy(count)
+# a kernel output kind -> its torch dtype ("float": the dtype of the step's first input)
+_KIND_DTYPE = {"int32": torch.int32, "index": torch.int64, "bool": torch.bool}
 
 
-@_batch_all_fwd.register_fake
-def _(d, pos, neg, margin):
-    return torch.empty_like(d), torch.empty_like(d, dtype=torch.int32)
+def _dtype_of(kind, like):
+    return like.dtype if kind == "float" else _KIND_DTYPE[kind]
 
 
-@torch.library.custom_op("triplet_ref::batch_all_bwd", mutates_args=())
-def _batch_all_bwd(d: Tensor, pos: Tensor, neg: Tensor, margin: float, grad: Tensor,
-                   count: Tensor) -> Tensor:
-    return torch.from_numpy(batch_all_backward(
-        d.numpy(), pos.numpy(), neg.numpy(), margin, grad.numpy(), count.numpy()))
+def _host(t):
+    return t.detach().numpy()
 
 
-@_batch_all_bwd.register_fake
-def _(d, pos, neg, margin, grad, count):
-    return torch.empty_like(d)
+def _vmap_sequential(op, n_out):
+    """A ``register_vmap`` rule: run ``op`` once per batch element and stack (the kernels
+    are NumPy: there is nothing to batch), so ``torch.func.vmap`` works."""
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        outs = []
+        for i in range(size):
+            sl = [a if dim is None else a.select(dim, i) for a, dim in zip(args, in_dims)]
+            res = op(*sl)
+            outs.append(res if isinstance(res, tuple) else (res,))
+        stacked = tuple(torch.stack([o[k] for o in outs]) for k in range(n_out))
+        if n_out == 1:
+            return stacked[0], 0
+        return stacked, (0,) * n_out
+
+    return rule
 
 
-def _batch_all_setup(ctx, inputs, output):
-    d, pos, neg, margin = inputs
-    ctx.save_for_backward(d, pos, neg, output[1])
-    ctx.margin = margin
+class _TorchStep:
+    """One mining step's NumPy kernel as torch custom ops (forward, and backward when the
+    step is differentiable) with fake kernels (``torch.compile`` captures them) and vmap
+    rules, inside ``autograd.Function``s (so ``torch.func.grad`` / ``vmap`` work): the
+    margin's gradient from the spec's slopes, the backward's own derivative from the
+    spec's linear map (so ``create_graph=True`` works).  Built once per step, for every
+    step alike."""
+
+    def __init__(self, step):
+        k = step.kernel
+        self.step, self.kernel = step, k
+        n_in, n_out = len(k.inputs), len(k.outputs)
+        ins = ", ".join(f"Tensor {name}" for name in k.inputs)
+        outs = ", ".join("Tensor" for _ in k.outputs)
+
+        def forward_impl(*args):
+            host = [_host(a) for a in args]
+            res = k.forward(*host)
+            return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=_np_dtype(kind, host[0])))
+                         for r, kind in zip(res, k.outputs))
+
+        def forward_fake(*args):
+            return tuple(torch.empty_like(args[0], dtype=_dtype_of(kind, args[0])) for kind in k.outputs)
+
+        fwd = torch.library.custom_op(f"triplet_ref::{step.name}", forward_impl, mutates_args=(),
+                                      schema=f"({ins}) -> ({outs})")
+        fwd.register_fake(forward_fake)
+        fwd.register_vmap(_vmap_sequential(fwd, n_out))
+        # the OpOverload (torch.ops.triplet_ref.<name>.default): what dynamo traces
+        fwd = self.op = fwd._opoverload
+        if k.backward is None:
+            self.apply = None
+            return
+
+        saved = ", ".join(f"Tensor saved{i}" for i in k.saved)
+        bwd_schema = f"({ins}, Tensor grad{', ' + saved if saved else ''}) -> Tensor"
+
+        def backward_impl(*args):
+            host = [_host(a) for a in args]
+            out = k.backward(*host)
+            return torch.from_numpy(np.ascontiguousarray(out, dtype=host[0].dtype))
+
+        bwd = torch.library.custom_op(f"triplet_ref::{step.name}_backward", backward_impl,
+                                      mutates_args=(), schema=bwd_schema)
+        bwd.register_fake(lambda *args: torch.empty_like(args[0]))
+        bwd.register_vmap(_vmap_sequential(bwd, 1))
+        bwd = bwd._opoverload
+
+        # the closures dynamo traces (setup_context, backward) hold plain values only
+        linear, n_saved = k.linear, len(k.saved)
+        saved_idx = tuple(k.saved)
+        slopes = tuple((i, saved_idx.index(j)) for i, j in k.slopes.items())
+        nondiff = tuple(i for i, kind in enumerate(k.outputs) if kind != "float")
+        no_second = (f"{step.loss}: second-order derivatives through the native CPU kernel of "
+                     f"{step.name!r} are not implemented; run the portable implementation with "
+                     "triplet_ref.mining.force('portable')")
+
+        def bwd_setup(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
+
+        def bwd_backward(ctx, v):
+            # the backward is linear in ``grad`` and piecewise constant in the other
+            # inputs: its derivative in ``grad`` is the step's linear map applied to v
+            if linear is None:
+                raise NotImplementedError(no_second)
+            args = ctx.saved_tensors
+            arrays, saved_out = args[:n_in], args[n_in + 1:]
+            gv = linear(_context(arrays[0]), *arrays, v, *saved_out)
+            return (None,) * n_in + (gv,) + (None,) * n_saved
+
+        Backward = _function(f"{step.name}_backward", bwd, bwd_setup, bwd_backward)
+
+        def fwd_setup(ctx, inputs, output):
+            ctx.save_for_backward(*inputs, *(output[i] for i in saved_idx))
+            ctx.mark_non_differentiable(*(output[i] for i in nondiff))
+
+        def fwd_backward(ctx, grad, *_):
+            args = ctx.saved_tensors
+            arrays, saved_out = args[:n_in], args[n_in:]
+            grads = [None] * n_in
+            if ctx.needs_input_grad[0]:
+                bargs = (*arrays, grad.contiguous(), *saved_out)
+                # create_graph=True: through an autograd.Function, differentiable again
+                grads[0] = Backward.apply(*bargs) if torch.is_grad_enabled() else bwd(*bargs)
+            for i, j in slopes:  # d out0 / d input i = a saved output, elementwise
+                if ctx.needs_input_grad[i]:
+                    grads[i] = torch.sum(grad * saved_out[j].to(grad.dtype)).to(arrays[i].dtype)
+            return tuple(grads)
+
+        self.apply = _function(step.name, fwd, fwd_setup, fwd_backward).apply
+
+    def __call__(self, *arrays):
+        if self.apply is None:  # not differentiable: indices, flags
+            return self.op(arrays[0].detach(), *arrays[1:])
+        if not (torch.is_grad_enabled() and any(a.requires_grad for a in arrays)):
+            return self.op(*arrays)
+        return self.apply(*arrays)
 
 
-def _batch_all_backward(ctx, grad, _grad_count):
-    d, pos, neg, count = ctx.saved_tensors
-    return _batch_all_bwd(d, pos, neg, ctx.margin, grad, count), None, None, None
+def _function(name, op, setup_context, backward):
+    """An ``autograd.Function`` running custom op ``op`` (functorch-compatible: a separate
+    ``setup_context``, and a vmap rule generated from the op's own)."""
+
+    n = len(op._schema.arguments)
+    names = ", ".join(f"a{i}" for i in range(n))
+    # a forward with the op's arity spelt out (dynamo reads the signature)
+    scope = {"op": op}
+    exec(f"def forward({names}):\n    return op({names})\n", scope)
+    forward = scope["forward"]
+
+    return type(f"_{name}", (torch.autograd.Function,), {
+        "generate_vmap_rule": True,
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })
 
 
-_batch_all_fwd.register_autograd(_batch_all_backward, setup_context=_batch_all_setup)
+def _vmapped(x) -> bool:
+    """Whether ``x`` is being batched by ``torch.func.vmap`` (at any functorch level)."""
+    f = torch._C._functorch
+    while f.is_functorch_wrapped_tensor(x):
+        if f.is_batchedtensor(x):
+            return True
+        x = f.get_unwrapped(x)
+    return False
 
 
-@torch.library.custom_op("triplet_ref::semihard_choice", mutates_args=())
-def _semihard_choice(d: Tensor, neg: Tensor, term: Tensor) -> tuple[Tensor, Tensor]:
-    chosen, semi = semihard_choice(d.numpy(), neg.numpy(), term.numpy())
-    return torch.from_numpy(chosen), torch.from_numpy(semi)
+def _np_dtype(kind, like):
+    return like.dtype if kind == "float" else {"int32": np.int32, "index": np.int64, "bool": np.bool_}[kind]
 
 
-@_semihard_choice.register_fake
-def _(d, neg, term):
-    return torch.empty_like(d, dtype=torch.int64), torch.empty_like(d, dtype=torch.bool)
+def _context(like):
+    from ._base import Context
+
+    import array_api_compat.torch as xp
+
+    return Context(backend=BACKEND, xp=xp, device=like.device, dtype=like.dtype, out_dtype=like.dtype)
 
 
-def _native_batch_all(d, pos, neg, margin):
-    m = margin.detach() if isinstance(margin, torch.Tensor) else margin
-    out, count = _batch_all_fwd(d, pos, neg, float(m))
-    if isinstance(margin, torch.Tensor) and margin.requires_grad:
-        # a learnable margin: each positive triplet's hinge has slope 1 in m, so
-        # dL[a,p]/dm = count[a,p]; adding (m - m.detach())·count changes no value
-        out = out + (margin - margin.detach()).to(out.dtype) * count.to(out.dtype)
-    return out, count
+_STEPS: dict = {}
 
 
-def _native_semihard(d, neg, term):
-    return _semihard_choice(d.detach(), neg, term)
+def _native_step(step):
+    op = _STEPS.get(step.name)
+    if op is None:
+        op = _STEPS[step.name] = _TorchStep(step)
+    return op
 
 
 class TorchBackend(Backend):
@@ -134,15 +250,21 @@ class TorchBackend(Backend):
 
     def native_kernel(self, step, like):
         if step is SQDIST:
+            if not torch.compiler.is_compiling() and _vmapped(like):
+                return None  # its in-place epilogue has no batching rule: the portable formula
             from ..distances import close_pair_threshold
 
             return lambda x, squared: _PairwiseSq.apply(
                 x, squared, close_pair_threshold(torch, x.dtype))
         if like.device.type != "cpu":
             return None  # CUDA: the portable torch.sort / torch.searchsorted path
-        return {"batch_all_hinge": _native_batch_all, "semihard_choice": _native_semihard}.get(step.name)
+        return _native_step(step) if step.kernel is not None else None
 
     def refine_sqdist(self, xp, x, d, w, tau, pairs):
+        if not torch.compiler.is_compiling() and _vmapped(d):
+            # under torch.func.vmap: no batching rule for the data-dependent refinement,
+            # the Gram values are kept (documented in docs/semantics.md, Tolerances)
+            return d
         from .. import distances
 
         kind = {distances.sqeuclidean_pairs: "sqeuclidean", distances.cosine_pairs: "cosine"}[pairs]
@@ -150,7 +272,7 @@ class TorchBackend(Backend):
 
     def finish_sqdist(self, xp, d2, sqrt):
         d2 = torch.clamp_min(d2, 0)
-        d2 = d2.fill_diagonal_(0)
+        d2.diagonal().zero_()  # (fill_diagonal_ would specialise torch.compile(dynamic=True) on B)
         return _SafeSqrt.apply(d2) if sqrt else d2
 
     def sort_rows(self, xp, x):
@@ -189,6 +311,19 @@ class TorchBackend(Backend):
 
 
 BACKEND = TorchBackend()
+
+
+def _build_native_steps():
+    # every step's custom ops now, outside any trace: torch.compile cannot trace
+    # torch.library's registration (a first native call inside a compiled function)
+    from .. import mining
+
+    for step in mining.STEPS.values():
+        if step.kernel is not None:
+            _native_step(step)
+
+
+_build_native_steps()
 
 
 # --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------

@@ -1,6 +1,7 @@
 """Batch-all triplet loss, in O(B²) memory without enumerating triplets."""
 from __future__ import annotations
 
+from ..backends import computes_in_full_precision
 from typing import Any
 
 from ..mining import run
@@ -10,6 +11,7 @@ from ._pairs import prepare_pairs, reduce_pairs
 
 __all__ = ["batch_all"]
 
+@computes_in_full_precision
 def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
               soft: bool = False, reduction: str = "mean", return_info: bool = False,
               backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,

@@ -1,6 +1,7 @@
 """Batch-hard triplet loss (Hermans, Beyer and Leibe 2017)."""
 from __future__ import annotations
 
+from ..backends import computes_in_full_precision
 from typing import Any
 
 from ._common import as_float, count_true, finish, hinge, safe_divide, scalar
@@ -9,6 +10,7 @@ from ._pairs import prepare_pairs, reduce_pairs
 __all__ = ["batch_hard"]
 
 
+@computes_in_full_precision
 def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
                soft: bool = False, reduction: str = "mean", return_info: bool = False,
                backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,

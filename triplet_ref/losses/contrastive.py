@@ -1,6 +1,7 @@
 """Contrastive losses (Hadsell, Chopra and LeCun 2006): online pairs and explicit pairs."""
 from __future__ import annotations
 
+from ..backends import computes_in_full_precision
 from typing import Any
 
 from ..backends import resolve_many
@@ -23,6 +24,7 @@ def _pair_terms(ctx, e2, e, same, m):
     return same * e2 + (scalar(ctx, 1) - same) * (gap * gap)
 
 
+@computes_in_full_precision
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
                       reduction: str = "mean", return_info: bool = False, backend: Any = None,
                       ref_embeddings: Any = None, ref_labels: Any = None, process_group: Any = None,
@@ -86,6 +88,7 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)
 
 
+@computes_in_full_precision
 def contrastive_loss(x1: Any, x2: Any, same: Any, margin: float = 1.0, *,
                      reduction: str = "mean", backend: Any = None):
     """Contrastive loss of explicit pairs of rows.

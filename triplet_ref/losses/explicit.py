@@ -1,6 +1,7 @@
 """Triplet loss of explicit (anchor, positive, negative) rows — the offline form."""
 from __future__ import annotations
 
+from ..backends import computes_in_full_precision
 from typing import Any
 
 from ..backends import resolve_many
@@ -11,6 +12,7 @@ from ._common import REDUCTIONS, hinge, propagate_nan, reduce, scalar
 __all__ = ["triplet_loss"]
 
 
+@computes_in_full_precision
 def triplet_loss(anchor: Any, positive: Any, negative: Any, margin: float = 1.0, *,
                  metric: str = "euclidean", soft: bool = False, reduction: str = "mean",
                  backend: Any = None):

@@ -1,6 +1,7 @@
 """Semi-hard triplet loss (Schroff, Kalenichenko and Philbin 2015, FaceNet)."""
 from __future__ import annotations
 
+from ..backends import computes_in_full_precision
 from typing import Any
 
 from ..mining import run
@@ -11,6 +12,7 @@ from ._pairs import prepare_pairs, reduce_pairs
 __all__ = ["batch_semihard"]
 
 
+@computes_in_full_precision
 def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
                    metric: str = "euclidean", reduction: str = "mean",
                    return_info: bool = False, backend: Any = None, ref_embeddings: Any = None,

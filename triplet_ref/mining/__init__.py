@@ -17,11 +17,11 @@ run one implementation (``"portable"`` or ``"native"``), for tests.
 """
 from __future__ import annotations
 
-from ._dispatch import Impl, Kernel, Step, force, forced, has_native, implementation, run
+from ._dispatch import Impl, Kernel, NativeUnsupported, Step, force, forced, has_native, implementation, run
 from .sqdist import SQDIST
 
 __all__ = [
-    "Impl", "Kernel", "Step", "force", "forced", "has_native", "implementation", "run",
+    "Impl", "Kernel", "NativeUnsupported", "Step", "force", "forced", "has_native", "implementation", "run",
     "STEPS", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
 ]
 

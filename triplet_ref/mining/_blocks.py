@@ -40,26 +40,6 @@ _SMALL_K = SMALL_K  # the name the kernels imported before; prefer ``_blocks.SMA
 _UINT = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.uint64)}
 
 
-def bsearch(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
-    """Vectorised binary search of ``values[k]`` in ``sorted_rows[rows[k]]`` (ascending)."""
-    n = sorted_rows.shape[-1]
-    lo = np.zeros(values.shape, dtype=np.int64)
-    hi = np.full(values.shape, n, dtype=np.int64)
-    flat = sorted_rows.reshape(-1)
-    base = rows.astype(np.int64) * n
-    for _ in range(int(n).bit_length() + 1):
-        active = lo < hi
-        if not active.any():
-            break
-        mid = (lo + hi) >> 1
-        v = flat[base + np.minimum(mid, n - 1)]
-        right = (v < values) if side == "left" else (v <= values)
-        right &= active
-        lo = np.where(right, mid + 1, lo)
-        hi = np.where(active & ~right, mid, hi)
-    return lo
-
-
 # rows per block: every temporary of a kernel holds at most this many elements, so the
 # kernels add O(B) rows of scratch to their (B, B) outputs, never several full B×B arrays
 _BLOCK_ELEMENTS = 1 << 20

@@ -18,7 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-__all__ = ["Impl", "Kernel", "Step", "force", "forced", "implementation", "run", "has_native"]
+__all__ = ["Impl", "Kernel", "Step", "NativeUnsupported", "force", "forced", "implementation", "run",
+           "has_native"]
+
+
+class NativeUnsupported(NotImplementedError):
+    """A native implementation cannot serve this call (e.g. forward-mode differentiation
+    through a NumPy kernel behind ``jax.pure_callback``).  The dispatcher then runs the
+    portable implementation, unless ``Impl.NATIVE`` is forced, when it raises this error
+    naming the loss."""
 
 
 class Impl(enum.Enum):
@@ -64,6 +72,12 @@ class Kernel:
     needs.  ``slopes`` maps a 0-d input (by position) to the output holding
     ``∂outputs[0]/∂input`` elementwise (the margin of a hinge: the count of active terms).
     Without ``backward`` the step is not differentiable: bridges detach ``inputs[0]``.
+
+    ``linear(ctx, *arrays, t, *saved_outputs)`` (optional, array API) is the derivative
+    of ``outputs[0]`` in ``inputs[0]`` along a tangent ``t``, for a step whose first
+    output is piecewise linear in ``inputs[0]`` (so ``backward`` is constant in it): with
+    it, bridges support second-order derivatives (the derivative of ``backward`` in
+    ``grad`` is ``linear``); without it they raise :class:`NativeUnsupported`.
     """
 
     forward: Callable[..., tuple]
@@ -72,6 +86,7 @@ class Kernel:
     backward: Callable[..., Any] | None = None
     saved: tuple[int, ...] = ()
     slopes: dict = field(default_factory=dict)
+    linear: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,32 +107,40 @@ class Step:
         return f"<mining step {self.name}>"
 
 
-# process-wide, read on every call: a plain module attribute (not a ContextVar) so that
-# torch.compile(fullgraph=True) traces it as a guarded constant
+# process-wide, read on every call: plain module attributes (not a ContextVar) so that
+# torch.compile(fullgraph=True) traces them as guarded constants
 _forced: Impl = Impl.AUTO
+_forced_steps: tuple[str, ...] | None = None  # the names of the steps forced (None: all)
 
 
-def forced() -> Impl:
-    """The implementation currently forced (``Impl.AUTO`` when none is)."""
+def forced(step: Step | None = None) -> Impl:
+    """The implementation currently forced (for ``step``; ``Impl.AUTO`` when none is)."""
+    if step is not None and _forced_steps is not None and step.name not in _forced_steps:
+        return Impl.AUTO
     return _forced
 
 
 @contextmanager
-def force(impl: Impl | str) -> Iterator[Impl]:
-    """Force every mining step to ``impl`` inside the ``with`` block (process-wide).
+def force(impl: Impl | str, *steps: Step) -> Iterator[Impl]:
+    """Force mining steps to ``impl`` inside the ``with`` block (process-wide).
 
-    Meant for tests and debugging: ``with triplet_ref.mining.force("portable"): ...``
-    runs the array-API version of every step on any backend.  Not thread-safe: the
-    setting is global to the process while the block runs.
+    ``steps``: the steps to force (default: every step).  Meant for tests and debugging:
+    ``with triplet_ref.mining.force("portable"): ...`` runs the array-API version of
+    every step on any backend; ``force("native", BATCH_ALL_HINGE)`` the native kernel of
+    one step (raising where the backend has none).  Not thread-safe: the setting is
+    global to the process while the block runs.
     """
-    global _forced
+    global _forced, _forced_steps
     value = Impl.parse(impl)
-    before = _forced
-    _forced = value
+    for s in steps:
+        if not isinstance(s, Step):
+            raise TypeError(f"steps: expected triplet_ref.mining steps, got {type(s).__name__}")
+    before = _forced, _forced_steps
+    _forced, _forced_steps = value, (tuple(s.name for s in steps) if steps else None)
     try:
         yield value
     finally:
-        _forced = before
+        _forced, _forced_steps = before
 
 
 def has_native(step: Step, backend, like: Any) -> bool:
@@ -130,10 +153,14 @@ def implementation(step: Step, ctx, like: Any) -> Callable[..., Any]:
 
     ``like`` is the step's first array (its device decides)."""
     impl = _forced
+    if _forced_steps is not None and step.name not in _forced_steps:
+        impl = Impl.AUTO
     if impl is not Impl.PORTABLE:
         native = ctx.backend.native_kernel(step, like)
         if native is not None:
-            return native
+            if impl is Impl.NATIVE:
+                return _naming(native, step)
+            return _or_portable(native, step, ctx)
         if impl is Impl.NATIVE:
             raise NotImplementedError(
                 f"{step.loss}: the {ctx.backend.name} backend has no native implementation of "
@@ -144,6 +171,26 @@ def implementation(step: Step, ctx, like: Any) -> Callable[..., Any]:
         return step.portable(ctx, *arrays)
 
     return portable
+
+
+def _or_portable(native, step, ctx):
+    def call(*arrays):
+        try:
+            return native(*arrays)
+        except NativeUnsupported:
+            return step.portable(ctx, *arrays)
+
+    return call
+
+
+def _naming(native, step):
+    def call(*arrays):
+        try:
+            return native(*arrays)
+        except NativeUnsupported as exc:
+            raise NativeUnsupported(f"{step.loss}: {exc} (Impl.NATIVE is forced)") from None
+
+    return call
 
 
 def run(step: Step, ctx, *arrays):

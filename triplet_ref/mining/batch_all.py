@@ -16,7 +16,7 @@ from . import _blocks
 from ._blocks import _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
-__all__ = ["HINGE", "SOFT", "hinge_rows", "soft_rows", "batch_all_forward", "batch_all_backward"]
+__all__ = ["HINGE", "SOFT", "hinge_rows", "hinge_rows_linear", "soft_rows", "batch_all_forward", "batch_all_backward"]
 
 # soft=True cannot be summed from sorted distances (softplus has no closed-form sum), so
 # it is computed for blocks of anchors; a block holds at most this many elements
@@ -291,10 +291,30 @@ def soft_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin,
     return out
 
 
+def hinge_rows_linear(ctx, d, pos, neg, margin, t, count):
+    """The derivative of :func:`hinge_rows`'s ``L`` in ``d`` along a tangent ``t`` (B, B):
+    ``(J t)[a, p] = count[a, p]·t[a, p] − Σ_{n counted} t[a, n]`` at positive pairs, 0
+    elsewhere.  The counted negatives (``d(a, n) < d(a, p) + m``) are the first
+    ``count[a, p]`` of the row's negatives in ascending order, so one sort, a prefix sum
+    of ``t`` in that order and a gather give it: O(B² log B), array API, differentiable.
+    ``L`` is piecewise linear in ``d``, so this is exact away from the hinge kinks.
+    Bridges use it for second-order derivatives of the native kernel."""
+    xp, be = ctx.xp, ctx.backend
+    zero = scalar(ctx, 0)
+    inf = scalar(ctx, float("inf"))
+    idt = be.index_dtype(xp)
+    order = xp.astype(be.argsort_rows(xp, xp.where(neg, d, inf)), idt)
+    ts = be.take_rows(xp, xp.where(neg, t, zero), order)
+    prefix = xp.cumulative_sum(ts, axis=1, include_initial=True)
+    cnt = xp.where(pos, xp.astype(count, idt), xp.zeros((), dtype=idt, device=ctx.device))
+    below = be.take_rows(xp, prefix, cnt)
+    return xp.where(pos, as_float(ctx, cnt) * t - below, zero)
+
+
 HINGE = Step(
     "batch_all_hinge", "batch_all", hinge_rows,
     Kernel(batch_all_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32"),
-           backward=batch_all_backward, saved=(1,), slopes={3: 1}),
+           backward=batch_all_backward, saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
 )
 """``(d, pos, neg, margin) -> (L, count)``: ``L`` (B, B) of ``d``'s dtype, differentiable in
 ``d`` and the margin; ``count`` the number of positive triplets per pair (integers)."""
