@@ -261,9 +261,9 @@ class TorchBackend(Backend):
         return _native_step(step) if step.kernel is not None else None
 
     def refine_sqdist(self, xp, x, d, w, tau, pairs):
-        if not torch.compiler.is_compiling() and _vmapped(d):
-            # under torch.func.vmap: no batching rule for the data-dependent refinement,
-            # the Gram values are kept (documented in docs/semantics.md, Tolerances)
+        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(d):
+            # under torch.func transforms (vmap, grad, ...): the data-dependent refinement
+            # has no rule there, the Gram values are kept (docs/semantics.md, Tolerances)
             return d
         from .. import distances
 
@@ -328,6 +328,8 @@ _build_native_steps()
 
 # --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------
 _BLOCK = 256
+
+from torch import Tensor  # noqa: E402  (the custom ops' schemas are read from annotations)
 
 
 def _pairs_fn(kind: str):
@@ -446,7 +448,11 @@ def _refine_backward(ctx, grad):
     return None, grad, None, None, None
 
 
-_refine_close_pairs.register_autograd(_refine_backward)
+def _refine_setup(ctx, inputs, output):
+    pass  # nothing to save (functorch transforms want a setup_context)
+
+
+_refine_close_pairs.register_autograd(_refine_backward, setup_context=_refine_setup)
 
 
 class _PairwiseSq(torch.autograd.Function):
