@@ -299,6 +299,10 @@ def test_impl_is_typed_and_unknown_names_raise():
         with M.force("portable", "batch_all_hinge"):
             pass
     assert M.forced() is M.Impl.AUTO
+    assert repr(M.BATCH_ALL_HINGE) == "<mining step batch_all_hinge>"
+    with M.force("portable", M.SEMIHARD_CHOICE):
+        assert M.forced(M.SEMIHARD_CHOICE) is M.Impl.PORTABLE
+        assert M.forced(M.BATCH_ALL_HINGE) is M.Impl.AUTO  # not forced
 
 
 def test_forcing_a_native_step_where_there_is_none_raises():

@@ -74,7 +74,8 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     B, R = d2.shape
     # every pair but the anchor itself: B(B − 1) for the batch, B·R against a reference
     # set, B_local·(B_global − 1) per rank of a global batch
-    count = scalar(ctx, P.num_pairs())
+    # xp.full, not asarray: a symbolic B (torch.compile(dynamic=True)) stays symbolic
+    count = xp.full((), P.num_pairs(), dtype=ctx.dtype, device=ctx.device)
     loss = reduce_pairs(P, per_pair, count, reduction)
     info = None
     if return_info:
