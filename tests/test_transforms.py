@@ -207,9 +207,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.xfail(strict=False, reason="batch_contrastive specialises on B: torch.asarray of the "
-                   "Python int B·(B-1) guards on it (found when the distance kernel became the "
-                   "custom op this test waited for; not in the distance kernel)")
 def test_torch_compile_dynamic_compiles_once_for_many_batch_sizes(fresh_dynamo):
     """``dynamic=True``: ten batch sizes (more than dynamo's recompile limit of 8), one
     graph per loss, under ``fullgraph=True`` — and the values equal eager."""
