@@ -542,6 +542,7 @@ def test_duplicate_rows_exactly_zero_and_equidistant(xp, dtype, metric):
         assert np.all(d[rows] == d[rows[0]]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype_", ["float64"])
 def test_duplicate_rows_semihard_matches_oracle(xp, dtype_):
     x, idx = duplicate_batch(60, 12, 6, seed=1)
