@@ -1,7 +1,8 @@
 """Measure the float32 error of ``pairwise_distances`` against the float64 oracle.
 
 Run:  ``python tests/measure_tolerance.py``  (``--quick`` for a smaller sweep, ``--dtype float64``
-for the float64 computation)
+for the float64 computation; ``--close`` for the close-pair refinement: the Gram formula's
+error constant and the relative error of every pair of near-duplicate batches)
 
 For every installed CPU backend and metric, random normal embeddings ``X = offset + scale·Z``
 (``Z ~ N(0, 1)``, B rows, D columns, a fixed seed) are rounded to float32, passed to
@@ -79,8 +80,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smaller sweep")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                     help="the dtype of the tested computation (default float32)")
+    ap.add_argument("--close", action="store_true",
+                    help="measure the close-pair refinement instead (see close_pairs())")
     args = ap.parse_args(argv)
     bes = _backends()
+    if args.close:
+        return close_pairs(bes, args.dtype)
     rng = np.random.default_rng(0)
 
     dt = args.dtype
@@ -146,6 +151,94 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for (metric, kind), (e, r) in worst.items():
         print(f"| {metric} | {kind} | {e:.1e} | {r:.1e} |")
+    return 0
+
+
+def _gram_d2(name: str, x: np.ndarray):
+    """The Gram formula of triplet_ref on rows shifted by the first, with ``name``'s matmul:
+    ``(d², w)``, ``w`` the shifted rows' squared norms (the diagonal of G)."""
+    xc = x - x[:1]
+    if name == "torch":
+        import torch
+
+        t = torch.from_numpy(xc)
+        G = torch.mm(t, t.t()).numpy()
+    elif name == "jax":
+        import jax.numpy as jnp
+
+        G = np.asarray(jnp.asarray(xc) @ jnp.asarray(xc).T)
+    else:
+        G = xc @ xc.T
+    w = np.diagonal(G).copy()
+    return (w[:, None] + w[None, :]) - 2 * G, w
+
+
+def close_pairs(bes, dt: str) -> int:
+    """(1) gamma: max over pairs of |d²_Gram − d²| / (eps·(w_i + w_j)), the constant behind
+    ``triplet_ref.distances.close_pair_threshold``; (2) the library's largest relative
+    error over every off-diagonal pair of L2-normalised batches whose classes of 4 are
+    delta apart (the refinement's target: 1e-4 in float32), eager and compiled."""
+    rng = np.random.default_rng(0)
+    eps = float(np.finfo(dt).eps)
+    print(f"## {dt}: Gram formula error / (eps·(w_i + w_j)), B = 256 (max over pairs)")
+    print("| D | data | " + " | ".join(be.name for be in bes if be.name != "array_api_strict") + " |")
+    print("|---|---|" + "---|" * sum(be.name != "array_api_strict" for be in bes))
+    gamma = 0.0
+    for D in (8, 128, 1024):
+        for kind in ("normal", "unit", "offset", "clustered"):
+            z = rng.standard_normal((256, D))
+            if kind == "unit":
+                z /= np.linalg.norm(z, axis=1, keepdims=True)
+            elif kind == "offset":
+                z += 10.0
+            elif kind == "clustered":
+                z = rng.standard_normal((8, D))[rng.integers(0, 8, 256)] + 1e-3 * z
+            x = z.astype(dt)
+            x64 = x.astype(np.float64)
+            true = ((x64[:, None] - x64[None]) ** 2).sum(-1)
+            cells = []
+            for be in bes:
+                if be.name == "array_api_strict":
+                    continue
+                d2, w = _gram_d2(be.name, x)
+                S = (w[:, None] + w[None, :]).astype(np.float64)
+                ok = S > 0
+                g = float((np.abs(d2.astype(np.float64) - true)[ok] / S[ok]).max() / eps)
+                gamma = max(gamma, g)
+                cells.append(f"{g:.2f}")
+            print(f"| {D} | {kind} | " + " | ".join(cells) + " |")
+    print(f"\nworst gamma: {gamma:.2f}\n")
+
+    print(f"## {dt}: max relative error over all off-diagonal pairs, B = 64, classes of 4 delta apart")
+    labels = np.repeat(np.arange(16), 4)
+    cols = []
+    for be in bes:
+        cols.append((be, False))
+        if be.supports_jit:
+            cols.append((be, True))
+    print("| metric | D | delta | " + " | ".join(f"{be.name}{' jit' if j else ''}" for be, j in cols) + " |")
+    print("|---|---|---|" + "---|" * len(cols))
+    worst = 0.0
+    for metric in tr.METRICS:
+        for D in (8, 128):
+            for delta in (1e-2, 1e-3, 1e-4):
+                c = rng.standard_normal((16, D))
+                x = c[labels] + delta * rng.standard_normal((64, D)) / np.sqrt(D) * np.linalg.norm(c[labels], axis=1, keepdims=True)
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                x = x.astype(dt)
+                x64 = x.astype(np.float64)
+                ref = oracles.pairwise_distances(x64, metric=metric)
+                off = ~np.eye(64, dtype=bool)
+                cells = []
+                for be, jit in cols:
+                    xb = be.from_numpy(x)
+                    f = lambda z: tr.pairwise_distances(z, metric=metric)  # noqa: E731
+                    d = be.to_numpy((be.jit(f) if jit else f)(xb)).astype(np.float64)
+                    rel = float((np.abs(d - ref)[off] / ref[off]).max())
+                    worst = max(worst, rel)
+                    cells.append(f"{rel:.1e}")
+                print(f"| {metric} | {D} | {delta:g} | " + " | ".join(cells) + " |")
+    print(f"\nworst relative error: {worst:.1e}")
     return 0
 
 

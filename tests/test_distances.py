@@ -426,3 +426,209 @@ def test_compiled_equals_eager(xp):
         assert cn[1, 3] == 0 or m == "cosine" and cn[1, 3] < 1e-15
         np.testing.assert_allclose(cn, en, rtol=1e-12, atol=1e-12, err_msg=m)
         assert_matches_oracle(cn, x_np, m, "float64")
+
+
+# ------------------------------------------------------------------ close pairs (issue 9.4)
+# Gram-formula distances lose all relative accuracy for pairs much closer than their norm;
+# the close pairs are recomputed from the coordinates, so every pair is accurate.
+CLOSE_DELTAS = (1e-2, 1e-3, 1e-4)
+
+
+def close_batch(seed: int = 0, B: int = 24, D: int = 8):
+    """L2-normalised float32 rows in classes of 4 whose members are 1e-2, 1e-3 or 1e-4
+    apart (by class), and their labels.  Returned as the float32 values, in float64."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(B // 4), 4)
+    c = rng.standard_normal((B // 4, D))
+    delta = np.array([CLOSE_DELTAS[k % 3] for k in range(B // 4)])[labels]
+    x = c[labels] / np.linalg.norm(c[labels], axis=1, keepdims=True)
+    x = x + delta[:, None] * rng.standard_normal((B, D)) / np.sqrt(D)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32).astype(np.float64), labels
+
+
+def assert_relative(d: np.ndarray, x64: np.ndarray, metric: str, rtol: float = 1e-4) -> None:
+    """Every off-diagonal entry within ``rtol`` relative of the float64 oracle."""
+    ref = oracles.pairwise_distances(x64, metric=metric)
+    off = ~np.eye(len(ref), dtype=bool)
+    rel = np.abs(np.asarray(d, dtype=np.float64) - ref)[off] / ref[off]
+    assert rel.max() <= rtol, (metric, float(rel.max()))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_close_pairs_float32_relative_accuracy(xp, metric):
+    x64, _ = close_batch()
+    d = tr.pairwise_distances(xp.asarray(x64, dtype="float32"), metric=metric)
+    assert_relative(xp.to_numpy(d), x64, metric)
+
+
+@pytest.mark.jit
+def test_close_pairs_float32_relative_accuracy_compiled(xp):
+    x64, _ = close_batch()
+
+    def f(z):
+        return tuple(tr.pairwise_distances(z, metric=m) for m in METRICS)
+
+    for m, d in zip(METRICS, xp.backend.jit(f)(xp.asarray(x64, dtype="float32"))):
+        assert_relative(xp.to_numpy(d), x64, m)
+
+
+LOSS_MARGINS = {"euclidean": 1.5, "sqeuclidean": 2.5, "cosine": 1.2}
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_close_pairs_float32_losses(xp, metric):
+    """Every loss of the close batch in float32 agrees with the float64 oracle to 1e-4."""
+    x64, y = close_batch()
+    x = xp.asarray(x64, dtype="float32")
+    m = LOSS_MARGINS[metric]
+    cases = [("batch_all", {"metric": metric}), ("batch_hard", {"metric": metric}),
+             ("batch_hard", {"metric": metric, "soft": True}), ("batch_semihard", {"metric": metric})]
+    if metric == "euclidean":
+        cases.append(("batch_contrastive", {}))  # always euclidean
+    for name, kw in cases:
+        got = float(np.asarray(xp.to_numpy(getattr(tr, name)(xp.asarray(y), x, m, **kw))))
+        want = float(getattr(oracles, name)(y, x64, m, **kw))
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-7), (name, kw)
+
+
+def test_close_pairs_dense_branch(xp, dtype):
+    """Almost every pair close (a tight cluster far from the first row, the row every
+    distance is shifted by): more close pairs than the sparse budget of the static-shape
+    (JAX) version, whole blocks in the portable one; duplicates inside the cluster."""
+    rng = np.random.default_rng(12)
+    x = np.zeros((40, 8))
+    x[0] = 1.0
+    x[1:] = 1e-3 * rng.standard_normal((39, 8))
+    x[7] = x[5]
+    x[30] = x[5]
+    x = xp.to_numpy(xp.asarray(x, dtype=dtype)).astype(np.float64)
+    for metric in ("euclidean", "sqeuclidean"):
+        d = run(xp, x, metric, dtype)
+        ref = oracles.pairwise_distances(x, metric=metric)
+        off = ~np.eye(40, dtype=bool)
+        dup = np.zeros((40, 40), dtype=bool)
+        for i in (5, 7, 30):
+            for j in (5, 7, 30):
+                dup[i, j] = True
+        ok = off & ~dup
+        rel = np.abs(d - ref)[ok] / ref[ok]
+        # float64: pairs left to the Gram formula are within 0.08·sqrt(eps) relative on d²
+        assert rel.max() <= (1e-4 if dtype == "float32" else 1e-9), (metric, rel.max())
+        assert np.all(d[dup] == 0)
+        np.testing.assert_array_equal(d[5], d[7])
+        np.testing.assert_array_equal(d[5], d[30])
+
+
+# ------------------------------------------------------------------ duplicates (issue 13.3)
+def duplicate_batch(B: int, distinct: int, D: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((distinct, D)) * 3 + 1
+    idx = rng.permutation(np.arange(B) % distinct)
+    return base[idx], idx
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_duplicate_rows_exactly_zero_and_equidistant(xp, dtype, metric):
+    """Bitwise-equal rows: distance exactly 0 between them and bitwise-equal distances to
+    every other row (float64 NumPy gave 1.19e-7 for some of the duplicate pairs of such a
+    batch, torch a duplicate's distances 1 ulp apart)."""
+    x, idx = duplicate_batch(300, 20, 16)
+    d = xp.to_numpy(tr.pairwise_distances(xp.asarray(x, dtype=dtype), metric=metric))
+    assert_exact_properties(d)
+    for k in range(20):
+        rows = np.nonzero(idx == k)[0]
+        assert np.all(d[np.ix_(rows, rows)] == 0), (k, d[np.ix_(rows, rows)].max())
+        assert np.all(d[rows] == d[rows[0]]), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype_", ["float64"])
+def test_duplicate_rows_semihard_matches_oracle(xp, dtype_):
+    x, idx = duplicate_batch(60, 12, 6, seed=1)
+    y = idx % 4
+    got = float(np.asarray(xp.to_numpy(tr.batch_semihard(xp.asarray(y), xp.asarray(x, dtype=dtype_), 1.0))))
+    assert got == pytest.approx(float(oracles.batch_semihard(y, x, 1.0)), rel=1e-12, abs=1e-12)
+
+
+# ------------------------------------------------------------------ cosine scale (issue 13.4)
+SCALES = {"float32": (1e-23, 1e20), "float64": (1e-170, 1e160)}
+
+
+def test_cosine_is_scale_invariant(xp, dtype):
+    """Rows whose squared norm under- or overflows are not zero rows: cosine distances
+    and cosine losses are unchanged by the scale."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((8, 5))
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    base = xp.to_numpy(tr.pairwise_distances(xp.asarray(x, dtype=dtype), metric="cosine"))
+    for s in SCALES[dtype]:
+        xs = xp.asarray(x * s, dtype=dtype)
+        vals = xp.to_numpy(xs).astype(np.float64)
+        d = xp.to_numpy(tr.pairwise_distances(xs, metric="cosine"))
+        assert_matches_oracle(d, vals, "cosine", dtype)
+        np.testing.assert_allclose(d, base, atol=64 * EPS[dtype])
+        got = float(np.asarray(xp.to_numpy(tr.batch_hard(xp.asarray(y), xs, 0.2, metric="cosine"))))
+        assert got == pytest.approx(float(oracles.batch_hard(y, vals, 0.2, metric="cosine")), abs=1e-5)
+        a, p, n = xs[:4, :], xs[2:6, :], xs[4:8, :]
+        got = xp.to_numpy(tr.triplet_loss(a, p, n, 0.2, metric="cosine", reduction="none"))
+        want = oracles.triplet_loss(vals[:4], vals[2:6], vals[4:8], 0.2, metric="cosine", reduction="none")
+        np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ compile at large B (13.9)
+def _torch_case():
+    if not backends.is_installed("torch"):
+        pytest.skip("needs torch")
+    import torch
+
+    return torch
+
+
+def test_torch_compile_fullgraph_large_batch():
+    """torch.compile(fullgraph=True) at B = 1024 (it failed from B = 258 with
+    "Attempted to call op with non-contiguous out= tensor"): distances and their gradient.
+    Every loss compiled at B = 1024: test_compiled_losses_large_batch (slow)."""
+    torch = _torch_case()
+    rng = np.random.default_rng(14)
+    x = torch.from_numpy(rng.standard_normal((1024, 8)).astype(np.float32))
+
+    def f(z):
+        return tr.pairwise_distances(z)
+
+    # aot_eager: the failure was in tracing, which this backend does in full; inductor's
+    # code generation (the slow test) adds a minute on two loaded cores
+    compiled = torch.compile(f, fullgraph=True, dynamic=False, backend="aot_eager")
+    xc = x.clone().requires_grad_(True)
+    d = compiled(xc)
+    (g,) = torch.autograd.grad(d.sum(), xc)
+    xe = x.clone().requires_grad_(True)
+    de = f(xe)
+    (ge,) = torch.autograd.grad(de.sum(), xe)
+    np.testing.assert_array_equal(d.detach().numpy(), de.detach().numpy())
+    # float32 sums of ~1000 terms, reordered by the compiler: relative to the largest entry
+    np.testing.assert_allclose(g.numpy(), ge.numpy(), rtol=1e-4, atol=1e-5 * float(ge.abs().max()))
+
+
+EUCLIDEAN_LOSSES = [("batch_all", {}), ("batch_all", {"soft": True}), ("batch_hard", {}),
+                    ("batch_hard", {"soft": True}), ("batch_semihard", {}), ("batch_contrastive", {})]
+
+
+@pytest.mark.slow
+@pytest.mark.jit
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_compiled_losses_large_batch(xp, metric):
+    """Every euclidean/sqeuclidean loss and pairwise_distances compiled at B = 1024."""
+    rng = np.random.default_rng(15)
+    x_np = rng.standard_normal((1024, 8))
+    y_np = np.repeat(np.arange(256), 4)
+    x, y = xp.asarray(x_np, dtype="float32"), xp.asarray(y_np)
+    for name, kw in EUCLIDEAN_LOSSES:
+        def f(z, name=name, kw=kw):
+            return getattr(tr, name)(y, z, 1.0, metric=metric, **kw)
+
+        got = float(np.asarray(xp.to_numpy(xp.backend.jit(f)(x))))
+        assert got == pytest.approx(float(np.asarray(xp.to_numpy(f(x)))), rel=1e-5), name
+    d = xp.backend.jit(lambda z: tr.pairwise_distances(z, metric=metric))(x)
+    np.testing.assert_allclose(xp.to_numpy(d), xp.to_numpy(tr.pairwise_distances(x, metric=metric)),
+                               rtol=1e-6, atol=1e-6)

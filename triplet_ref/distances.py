@@ -60,22 +60,33 @@ def pairwise_distances(embeddings: Any, ref_embeddings: Any = None, *, metric: s
 
 def distance_matrix(ctx: Context, x, metric: str):
     """Pairwise distances of resolved, validated ``x`` (compute dtype) — the shared step
-    every loss calls."""
+    every loss calls.
+
+    Both metrics families take the fast Gram route (one matrix product) and then hand the
+    few pairs the Gram formula cannot resolve to ``Backend.refine_sqdist``, which recomputes
+    them from the coordinates (see ``close_pair_threshold``) and gives bitwise-identical
+    rows identical distances (exactly 0 between them)."""
     xp, be = ctx.xp, ctx.backend
     if metric == "cosine":
-        sq = xp.sum(x * x, axis=1)
+        # cosine is scale invariant: scale every row by a power of two (exact) so its
+        # largest entry is about 1; the squared norm then neither under- nor overflows
+        xs = pow2_scaled_rows(xp, x)
+        sq = xp.sum(xs * xs, axis=1)
         norm = be.safe_sqrt(xp, sq)
         zero = xp.zeros((), dtype=x.dtype, device=ctx.device)
         one = xp.ones((), dtype=x.dtype, device=ctx.device)
         nonzero = norm > zero
         inv = xp.where(nonzero, one / xp.where(nonzero, norm, one), zero)
-        xn = x * inv[:, None]
+        xn = xs * inv[:, None]
         g = xn @ xn.T
         # 1 - cos, symmetric, clamped to [0, 2] and exactly 0 on the diagonal
         half = xp.asarray(0.5, dtype=x.dtype, device=ctx.device)
         d = one - (g + g.T) * half
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         d = xp.minimum(d, two)
+        # unit rows: the Gram error on 1 - cos is ~eps; the threshold is tau·(w_i + w_j) = tau
+        w = xp.full((x.shape[0],), 0.5, dtype=x.dtype, device=ctx.device)
+        d = be.refine_sqdist(xp, xs, d, w, close_pair_threshold(xp, x.dtype), cosine_pairs)
         return be.finish_sqdist(xp, d, sqrt=False)
     return run(SQDIST, ctx, x, metric == "sqeuclidean")
 
@@ -90,31 +101,91 @@ def gram_sqdist(ctx: Context, x, squared: bool):
     xc = x - x[:1, :]
     G = xc @ xc.T
     # |x_i|² from the Gram diagonal, not from a separate sum: the same kernel computes
-    # G_ii, G_jj and G_ij, so two equal rows give d² = 0 exactly instead of a rounding
-    # residue ~eps·|x|² whose square root (~sqrt(eps)·|x|, 1e-2 in float32) would be a
-    # spurious distance.  A copy, because a backend may update G in place.
+    # G_ii, G_jj and G_ij, so the residue of two equal rows is ~eps·|x|² at most (and the
+    # refinement below then makes it exactly 0).  A copy, because a backend may update G
+    # in place.
     n = G.shape[0]
     sq = xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
-    d2 = be.gram_to_sqdist(xp, G, sq)
-    return be.finish_sqdist(xp, d2, sqrt=not squared)
+    # d² = sq_i + sq_j - 2 G_ij, the close pairs recomputed from x, clamped, diagonal 0
+    return be.sqdist_from_gram(xp, x, G, sq, close_pair_threshold(xp, x.dtype),
+                               sqeuclidean_pairs, not squared)
+
+
+# ------------------------------------------------------------------ close-pair refinement
+#: ``tau = CLOSE_PAIR_FACTOR · sqrt(eps)``: see ``close_pair_threshold``.
+CLOSE_PAIR_FACTOR = 100.0
+
+
+def close_pair_threshold(xp, dtype) -> float:
+    """``tau``: a pair whose Gram-formula value ``d²_ij < tau·(w_i + w_j)`` is recomputed
+    from the coordinates (``w`` = the shifted rows' squared norms; 1/2 for cosine).
+
+    The Gram formula's absolute error on ``d²_ij`` is at most ``gamma·eps·(w_i + w_j)``,
+    ``gamma`` measured at most 16 (``python tests/measure_tolerance.py --close`` and
+    ``--close --dtype float64``: NumPy, torch and JAX matmuls, D up to 1024); every pair
+    left to it therefore has relative error at most ``gamma·eps/tau = 0.16·sqrt(eps)`` on
+    ``d²`` (5.5e-5 in float32, 2.4e-9 in float64; half that on ``d``), and every refined
+    pair is a direct difference, accurate to a few eps.  tau is 0.035 in float32 (pairs
+    closer than ~0.26 of their norm are refined) and 1.5e-6 in float64.
+    """
+    return CLOSE_PAIR_FACTOR * float(xp.finfo(dtype).eps) ** 0.5
+
+
+def sqeuclidean_pairs(xp, a, b):
+    """``|a - b|²`` over the last axis (broadcasting): the refinement's direct formula."""
+    diff = a - b
+    return xp.sum(diff * diff, axis=-1)
+
+
+def cosine_pairs(xp, a, b):
+    """``1 - cos(a, b)`` over the last axis (broadcasting), accurate for close pairs.
+
+    ``1 - cos = |â - b̂|² / 2`` with ``â - b̂ = [(a - b) + b̂·(|b| − |a|)] / |a|`` and
+    ``|b| − |a| = <b − a, b + a> / (|a| + |b|)``: no term cancels catastrophically, so the
+    result is accurate relative to itself when a and b have similar norms (the error is
+    ``~eps·|a − b| / |a|`` on ``|â − b̂|``).  A zero row gives 1.  ``a`` and ``b`` must not
+    overflow when squared (``pow2_scaled_rows``).
+    """
+    sa = xp.sum(a * a, axis=-1)
+    sb = xp.sum(b * b, axis=-1)
+    one = xp.ones_like(sa)
+    ok = (sa > 0) & (sb > 0)
+    na = xp.sqrt(xp.where(ok, sa, one))
+    nb = xp.sqrt(xp.where(ok, sb, one))
+    diff = a - b
+    delta = -xp.sum(diff * (a + b), axis=-1) / (na + nb)  # |b| - |a|, without cancellation
+    u = (diff + b * (delta / nb)[..., None]) / na[..., None]
+    return xp.where(ok, xp.sum(u * u, axis=-1) * 0.5, one)
+
+
+def pow2_scaled_rows(xp, x):
+    """Each row of ``x`` multiplied by a power of two (exactly) so that its largest
+    absolute entry lies in [0.5, 4): the squared norm of a non-zero row then neither
+    underflows nor overflows, and directions are unchanged bit for bit.  Zero rows stay
+    zero; non-finite rows become NaN."""
+    m = xp.max(xp.abs(x), axis=1)
+    two = xp.full_like(m, 2.0)
+    e = xp.floor(xp.log2(xp.where(m > 0, m, xp.ones_like(m))))
+    e1 = xp.floor(e * 0.5)
+    # two factors, each representable even for subnormal or huge rows
+    s1 = xp.pow(two, -e1)
+    s2 = xp.pow(two, e1 - e)
+    return (x * s1[:, None]) * s2[:, None]
 
 
 def row_distances(ctx: Context, a, b, metric: str):
     """``d(a_i, b_i)`` for paired rows (the explicit-tuple losses): shape ``(N,)``.
 
-    Computed from differences, not a Gram matrix, so it is exact up to rounding.
+    Computed from differences, not a Gram matrix, so it is accurate to a few eps relative
+    (cosine: ``cosine_pairs`` on rows rescaled by powers of two).
     """
     xp, be = ctx.xp, ctx.backend
     if metric == "cosine":
-        zero = xp.zeros((), dtype=a.dtype, device=ctx.device)
-        one = xp.ones((), dtype=a.dtype, device=ctx.device)
-        na = be.safe_sqrt(xp, xp.sum(a * a, axis=1))
-        nb = be.safe_sqrt(xp, xp.sum(b * b, axis=1))
-        den = na * nb
-        ok = den > zero
-        cos = xp.where(ok, xp.sum(a * b, axis=1) / xp.where(ok, den, one), zero)
-        two = xp.asarray(2.0, dtype=a.dtype, device=ctx.device)
-        return xp.minimum(xp.maximum(one - cos, zero), two)
+        # scale invariant and accurate for close pairs (see cosine_pairs); each row is
+        # rescaled by its own power of two, which leaves the cosine unchanged
+        d = cosine_pairs(xp, pow2_scaled_rows(xp, a), pow2_scaled_rows(xp, b))
+        two = xp.full_like(d, 2.0)
+        return xp.where(d > two, two, d)
     diff = a - b
     d2 = xp.sum(diff * diff, axis=1)
     return be.safe_sqrt(xp, d2) if metric == "euclidean" else d2
@@ -139,7 +210,8 @@ def cross_distance_matrix(ctx: Context, x, r, metric: str):
             nz = norm > zero
             return a * xp.where(nz, one / xp.where(nz, norm, one), zero)[:, None]
 
-        g = unit(x) @ unit(r).T
+        # rows rescaled by powers of two first: cosine is scale invariant (distance_matrix)
+        g = unit(pow2_scaled_rows(xp, x)) @ unit(pow2_scaled_rows(xp, r)).T
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         return xp.minimum(xp.maximum(one - g, zero), two)
     x0 = x[:1, :]

@@ -501,6 +501,71 @@ def _gram_to_sqdist(self, xp, G, sq):
 Backend.gram_to_sqdist = _gram_to_sqdist
 
 
+#: rows per block of the portable refinement's direct recomputation
+_REFINE_BLOCK = 64
+
+
+def _refine_sqdist(self, xp, x, d, w, tau, pairs):
+    """Recompute the close pairs from the coordinates; equal rows get equal distances.
+
+    ``d`` (B, B) holds Gram-formula values (squared euclidean, or ``1 - cos``) whose
+    absolute error is at most ~``eps·(w_i + w_j)``.  Every pair with
+    ``d_ij < tau·(w_i + w_j)`` — where that error would be more than ``0.08·sqrt(eps)``
+    relative — is replaced by ``pairs(xp, x_i, x_j)`` (a direct formula over the last axis,
+    broadcasting).  Then every row equal bit for bit to an earlier one takes that row's
+    distances (rows and columns), so duplicates are exactly 0 apart and exactly equidistant
+    from any third row.  The result is exactly symmetric; its diagonal is set later
+    (``finish_sqdist``).
+
+    Portable version (eager, data-dependent: NumPy-like namespaces, array-api-strict,
+    CuPy): the row blocks that hold a close pair are recomputed densely.  Backends
+    override it with a sparse (NumPy, torch) or a static-shape (JAX) version.
+    """
+    n = d.shape[0]
+    thr = w * tau
+    flag = d < (thr[:, None] + thr[None, :])
+    if n < 2 or not bool(xp.any(flag)):
+        return d
+    dev = self.device_of(d)
+    idx = xp.arange(n, device=dev)
+    out, reps = [], []
+    for i in range(0, n, _REFINE_BLOCK):
+        i2 = min(n, i + _REFINE_BLOCK)
+        fb, db, ib = flag[i:i2, :], d[i:i2, :], idx[i:i2]
+        if bool(xp.any(fb)):
+            a = x[i:i2, None, :]
+            v = pairs(xp, a, x[None, :, :])
+            db = xp.where(fb, v, db)
+            dup = fb & xp.all(a == x[None, :, :], axis=-1)
+            first = xp.min(xp.where(dup, idx[None, :], xp.full_like(dup, n, dtype=idx.dtype)), axis=1)
+            ib = xp.minimum(ib, first)
+        out.append(db)
+        reps.append(ib)
+    d = xp.concat(out, axis=0)
+    # exact symmetry: the direct formula need not be symmetric bit for bit (cosine's is not)
+    d = xp.where(idx[:, None] < idx[None, :], d, d.T)
+    rep = xp.concat(reps)
+    if bool(xp.any(rep != idx)):
+        # duplicates: d[i, j] <- d[rep_i, rep_j], with d[r, r] = 0 so two equal rows are 0 apart
+        d = xp.take(xp.take(self.zero_diagonal(xp, d), rep, axis=0), rep, axis=1)
+    return d
+
+
+Backend.refine_sqdist = _refine_sqdist
+
+
+def _sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
+    """Distances from the Gram matrix ``G`` of the shifted rows (``sq`` its diagonal):
+    ``gram_to_sqdist``, ``refine_sqdist`` (close pairs from ``x``), ``finish_sqdist``.
+    Backends may fuse the three (NumPy does, one row block at a time)."""
+    d2 = self.gram_to_sqdist(xp, G, sq)
+    d2 = self.refine_sqdist(xp, x, d2, sq, tau, pairs)
+    return self.finish_sqdist(xp, d2, sqrt=sqrt)
+
+
+Backend.sqdist_from_gram = _sqdist_from_gram
+
+
 def resolve_labels(labels: Any, backend: Any = None, name: str = "labels"):
     """Resolve a labels-only call (the masks): returns ``(backend, xp, labels)``."""
     from . import backend_of, get_backend

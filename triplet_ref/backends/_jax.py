@@ -1,6 +1,8 @@
 """JAX backend (CPU and GPU); imported only when jax is in use."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -180,6 +182,9 @@ class JaxBackend(Backend):
         d2 = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d2.dtype), d2)
         return _safe_sqrt(d2) if sqrt else d2
 
+    def refine_sqdist(self, xp, x, d, w, tau, pairs):
+        return _refine_static(x, d, w, tau, pairs)
+
     def sort_rows(self, xp, x):
         return jnp.sort(x, axis=-1)
 
@@ -235,3 +240,130 @@ def _build_native_steps():
 
 
 _build_native_steps()
+
+
+# --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------
+#: the sparse branch recomputes up to this many close pairs per row on average; more go
+#: to the dense branch (every row block that holds one, recomputed directly)
+_REFINE_PAIRS_PER_ROW = 16
+_REFINE_BLOCK = 16
+
+
+def _refine_static(x, d, w, tau, pairs):
+    """``Backend.refine_sqdist`` (contract in ``_base._refine_sqdist``) with static shapes:
+    nothing to do when no pair is close; up to 16·B close pairs are gathered with
+    ``jnp.nonzero(size=...)`` and recomputed (``_sparse``), more take a dense row-block
+    recomputation (``_dense``); then duplicates are canonicalised (``_canonical``).
+    With concrete values (eager, also under ``jax.grad``) the choices are made in Python,
+    so only the branch taken is compiled (once per shape); traced under ``jax.jit`` they
+    are ``lax.cond`` and only the sparse branch exists (at most 16·B close pairs refined).
+    Differentiable: refined pairs get the direct formula's gradient."""
+    n = d.shape[0]
+    if n < 2:
+        return d
+    size = min(n * (n - 1) // 2, _REFINE_PAIRS_PER_ROW * n)
+    idx = jnp.arange(n)
+    if isinstance(d, jax.core.Tracer) and not _concrete(d):
+        # traced (jax.jit): one lax.cond; only the sparse branch exists (the dense one costs
+        # seconds of XLA compilation at every batch size, for data that rarely needs it:
+        # beyond 16·B close pairs, under jax.jit, the rest keep their Gram value — documented)
+        def refine(x, d, w):
+            upper, _ = _close_pairs(d, w, tau)
+            d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs)
+            return _canonical(d, rep)
+
+        return jax.lax.cond(_close_count(d, w, tau) > 0, refine, lambda x, d, w: d, x, d, w)
+    upper, count = _close_pairs(d, w, tau)
+    count = int(count)
+    if count == 0:
+        return d
+    if count <= size:
+        d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs)
+    else:
+        d, rep = _dense(x, d, w, upper, tau=tau, pairs=pairs)
+    return _canonical(d, rep) if bool(jnp.any(rep != idx)) else d
+
+
+def _concrete(d) -> bool:
+    try:
+        bool(jnp.any(d[:1, :1] != 0))
+        return True
+    except jax.errors.ConcretizationTypeError:
+        return False
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _close_count(d, w, tau):
+    """The number of close pairs ``i < j``, without materialising the mask."""
+    idx = jnp.arange(d.shape[0])
+    thr = w * tau
+    return jnp.sum((d < thr[:, None] + thr[None, :]) & (idx[:, None] < idx[None, :]))
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _close_pairs(d, w, tau):
+    """The pairs ``i < j`` with ``d_ij < tau·(w_i + w_j)``, and their number."""
+    n = d.shape[0]
+    idx = jnp.arange(n)
+    thr = w * tau
+    upper = (d < thr[:, None] + thr[None, :]) & (idx[:, None] < idx[None, :])
+    return upper, jnp.sum(upper)
+
+
+@partial(jax.jit, static_argnames=("size", "pairs"))
+def _sparse(x, d, w, upper, *, size, pairs):
+    """Recompute up to ``size`` close pairs (``upper``); returns ``(d, rep)``, ``rep_i`` the
+    first row equal to row ``i``."""
+    n = d.shape[0]
+    idx = jnp.arange(n)
+    r, c = jnp.nonzero(upper, size=size, fill_value=0)
+    a, b = x[r], x[c]
+    v = pairs(jnp, a, b)
+    real = r < c  # the fill entries are (0, 0)
+    v = jnp.where(real, v, d[r, c])
+    d = d.at[r, c].set(v).at[c, r].set(v)
+    dup = real & (v == 0) & jnp.all(a == b, axis=-1)
+    return d, idx.at[c].min(jnp.where(dup, r, n))
+
+
+@partial(jax.jit, static_argnames=("tau", "pairs"))
+def _dense(x, d, w, upper, *, tau, pairs):
+    """Recompute every close pair, one block of rows at a time (any number of them)."""
+    n = d.shape[0]
+    idx = jnp.arange(n)
+    close = upper | upper.T
+    bs = min(_REFINE_BLOCK, n)
+
+    def body(k, carry):
+        d, rep = carry
+        s = jnp.minimum(k * bs, n - bs)
+        a = jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0)[:, None, :]
+        fb = jax.lax.dynamic_slice_in_dim(close, s, bs, axis=0)
+        db = jax.lax.dynamic_slice_in_dim(d, s, bs, axis=0)
+        v = pairs(jnp, a, x[None, :, :])
+        d = jax.lax.dynamic_update_slice_in_dim(d, jnp.where(fb, v, db), s, axis=0)
+        dup = fb & (v == 0) & jnp.all(a == x[None, :, :], axis=-1)
+        first = jnp.min(jnp.where(dup, idx[None, :], n), axis=1)
+        return d, rep.at[s + jnp.arange(bs)].min(first)
+
+    d, rep = jax.lax.fori_loop(0, -(-n // bs), body, (d, idx))
+    # exact symmetry (the direct formula need not be symmetric bit for bit)
+    return jnp.where(idx[:, None] < idx[None, :], d, d.T), rep
+
+
+@jax.custom_jvp
+@jax.jit
+def _canonical(d, rep):
+    """``d[i, j] <- d[rep_i, rep_j]`` with ``d[r, r] = 0``: rows equal to row ``rep_i`` take
+    its distances (exactly 0 apart, exactly equidistant from the others)."""
+    n = d.shape[0]
+    d = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d.dtype), d)
+    return d[rep][:, rep]
+
+
+@_canonical.defjvp
+def _canonical_jvp(primals, tangents):
+    # row i equals row rep_i, so d[rep_i, rep_j] and d[i, j] are the same function's values:
+    # the derivative is d's own (a gather would send row i's gradient to row rep_i)
+    d, rep = primals
+    return _canonical(d, rep), tangents[0]

@@ -36,6 +36,40 @@ class NumpyBackend(Backend):
         G += sq[:, None] + sq[None, :]
         return G
 
+    def sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
+        # gram_to_sqdist + refine_sqdist + finish_sqdist fused, one cache-sized block of
+        # rows at a time (one pass over G in memory instead of five); G is a fresh,
+        # exactly symmetric (syrk) intermediate, so the work is done in place
+        n = G.shape[0]
+        thr = sq * tau
+        screen = thr + (thr.max() if n else 0)
+        found = []
+        step = max(1, (1 << 16) // max(1, n))
+        for i in range(0, n, step):
+            g = G[i:i + step]
+            g *= -2
+            g += sq[i:i + step, None] + sq[None, :]
+            m = g < screen[i:i + step, None]
+            if m.any():
+                r, c = np.nonzero(m)
+                r += i
+                keep = c > r
+                r, c = r[keep], c[keep]
+                found.append((r, c, G[r, c]))
+            np.maximum(g, 0, out=g)
+            if sqrt:
+                np.sqrt(g, out=g)
+        np.fill_diagonal(G, 0)
+        if found:
+            r, c, vals = (np.concatenate(z) for z in zip(*found))
+            refine_sparse_inplace(np, x, G, sq, tau, pairs, sqrt=sqrt, found=(r, c, vals))
+        return G
+
+    def refine_sqdist(self, xp, x, d, w, tau, pairs):
+        # the contract is the portable version's (_base._refine_sqdist); sparse and in
+        # place: only the close pairs are found (np.nonzero) and recomputed
+        return refine_sparse_inplace(np, x, d, w, tau, pairs)
+
     def finish_sqdist(self, xp, d2, sqrt):
         # d2 is a fresh intermediate owned by the caller: work in place.
         np.maximum(d2, 0, out=d2)
@@ -53,3 +87,63 @@ class NumpyBackend(Backend):
 
 
 BACKEND = NumpyBackend()
+
+
+def refine_sparse_inplace(xp, x, d, w, tau, pairs, sqrt=False, found=None):
+    """``Backend.refine_sqdist`` for eager NumPy-like arrays with fancy indexing (NumPy;
+    the torch kernel uses the same steps): cost proportional to the number of close pairs.
+
+    ``found``: the candidate pairs ``(r, c, d_rc)`` with ``r < c`` when the caller already
+    has them, else they are searched in ``d``.  ``sqrt``: ``d`` holds square roots of the
+    Gram values (the refined values are square-rooted too).
+    """
+    n = d.shape[0]
+    if n < 2:
+        return d
+    thr = w * tau
+    if found is None:
+        # a one-pass screen against a per-row bound (no B×B temporary), then the exact
+        # per-pair test on the few candidates
+        r, c = np.nonzero(d < (thr + thr.max())[:, None])
+        keep = r < c
+        r, c = r[keep], c[keep]
+        vals = d[r, c]
+    else:
+        r, c, vals = found
+    keep = vals < thr[r] + thr[c]
+    r, c = r[keep], c[keep]
+    if r.shape[0] == 0:
+        return d
+    step = max(1, (1 << 20) // max(1, x.shape[1]))
+    dup_r, dup_c = [], []
+    for s in range(0, r.shape[0], step):
+        rr, cc = r[s:s + step], c[s:s + step]
+        a, b = x[rr], x[cc]
+        v = pairs(xp, a, b)
+        z = v == 0
+        if z.any():
+            same = (a[z] == b[z]).all(1)
+            dup_r.append(rr[z][same])
+            dup_c.append(cc[z][same])
+        if sqrt:
+            v = v ** 0.5
+        d[rr, cc] = v
+        d[cc, rr] = v
+    if dup_r:
+        dup_r, dup_c = np.concatenate(dup_r), np.concatenate(dup_c)
+        if dup_r.shape[0]:
+            canonicalise_duplicates(d, dup_r, dup_c)
+    return d
+
+
+def canonicalise_duplicates(d, dup_r, dup_c):
+    """In place: row and column ``j`` become copies of those of ``rep_j``, the smallest
+    index equal to row ``j`` (pairs ``dup_r < dup_c`` of equal rows), after the diagonal
+    is set to 0 — so equal rows are exactly 0 apart and exactly equidistant from others."""
+    n = d.shape[0]
+    rep = np.arange(n)
+    np.minimum.at(rep, np.asarray(dup_c), np.asarray(dup_r))
+    moved = np.nonzero(rep != np.arange(n))[0]
+    np.fill_diagonal(d, 0)
+    d[moved, :] = d[rep[moved], :]
+    d[:, moved] = d[:, rep[moved]]

@@ -252,10 +252,23 @@ class TorchBackend(Backend):
         if step is SQDIST:
             if not torch.compiler.is_compiling() and _vmapped(like):
                 return None  # its in-place epilogue has no batching rule: the portable formula
-            return lambda x, squared: _PairwiseSq.apply(x, squared)
+            from ..distances import close_pair_threshold
+
+            return lambda x, squared: _PairwiseSq.apply(
+                x, squared, close_pair_threshold(torch, x.dtype))
         if like.device.type != "cpu":
             return None  # CUDA: the portable torch.sort / torch.searchsorted path
         return _native_step(step) if step.kernel is not None else None
+
+    def refine_sqdist(self, xp, x, d, w, tau, pairs):
+        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(d):
+            # under torch.func transforms (vmap, grad, ...): the data-dependent refinement
+            # has no rule there, the Gram values are kept (docs/semantics.md, Tolerances)
+            return d
+        from .. import distances
+
+        kind = {distances.sqeuclidean_pairs: "sqeuclidean", distances.cosine_pairs: "cosine"}[pairs]
+        return _refine_close_pairs(x, d, w, float(tau), kind)
 
     def finish_sqdist(self, xp, d2, sqrt):
         d2 = torch.clamp_min(d2, 0)
@@ -316,44 +329,153 @@ _build_native_steps()
 # --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------
 _BLOCK = 256
 
+from torch import Tensor  # noqa: E402  (the custom ops' schemas are read from annotations)
+
+
+def _pairs_fn(kind: str):
+    from .. import distances
+
+    return {"sqeuclidean": distances.sqeuclidean_pairs, "cosine": distances.cosine_pairs}[kind]
+
+
+def _refine_found(x, d, thr, r, c, vals, pairs, sqrt):
+    """Torch twin of ``_numpy.refine_sparse_inplace`` (in place on ``d``): the candidates
+    ``r < c`` with Gram values ``vals`` that pass ``vals < thr_r + thr_c`` are recomputed
+    by ``pairs``; then rows equal to an earlier row copy its distances."""
+    import array_api_compat.torch as xp
+
+    keep = vals < thr[r] + thr[c]
+    r, c = r[keep], c[keep]
+    if r.numel() == 0:
+        return d
+    step = max(1, (1 << 20) // max(1, x.shape[1]))
+    dup_r, dup_c = [], []
+    for s in range(0, r.numel(), step):
+        rr, cc = r[s:s + step], c[s:s + step]
+        a, b = x[rr], x[cc]
+        v = pairs(xp, a, b)
+        same = (v == 0) & (a == b).all(1)
+        dup_r.append(rr[same])
+        dup_c.append(cc[same])
+        if sqrt:
+            v = v.sqrt()
+        d[rr, cc] = v
+        d[cc, rr] = v
+    dup_r, dup_c = torch.cat(dup_r), torch.cat(dup_c)
+    if dup_r.numel():
+        n = d.shape[0]
+        ar = torch.arange(n, device=d.device)
+        rep = ar.scatter_reduce(0, dup_c, dup_r, reduce="amin")
+        moved = torch.nonzero(rep != ar).flatten()
+        d.fill_diagonal_(0)
+        d[moved, :] = d[rep[moved], :]
+        d[:, moved] = d[:, rep[moved]]
+    return d
+
+
+def _candidates(d, thr):
+    """Pairs ``r < c`` of ``d`` below the per-row screen ``thr_r + max(thr)``."""
+    m = d < (thr + thr.max())[:, None]
+    r, c = torch.nonzero(m, as_tuple=True)
+    keep = r < c
+    r, c = r[keep], c[keep]
+    return r, c, d[r, c]
+
+
+@torch.library.custom_op("triplet_ref::pairwise_sqdist", mutates_args=())
+def _pairwise_sqdist(x: Tensor, squared: bool, tau: float) -> Tensor:
+    """The forward of ``_PairwiseSq``: opaque to torch.compile (its in-place stripes and its
+    data-dependent refinement of close pairs run eagerly)."""
+    xc = x - x[:1]
+    g = torch.mm(xc, xc.t())
+    sq = torch.diagonal(g).clone()
+    n = g.shape[0]
+    thr = sq * tau
+    screen = thr + thr.max() if n else thr
+    found = []
+    for i in range(0, n, _BLOCK):
+        i2 = min(n, i + _BLOCK)
+        # the stripe of rows i:i2 on and right of the diagonal, in place:
+        # d² = |xc_j|² − 2 G_ij + |xc_i|², clamped at 0 (4 passes, cache-sized rows)
+        t = g[i:i2, i:]
+        torch.add(sq[None, i:], t, alpha=-2, out=t)
+        t.add_(sq[i:i2, None])
+        # close pairs (screened per row here, tested exactly in _refine_found)
+        m = t < screen[i:i2, None]
+        if bool(m.any()):
+            r, c = torch.nonzero(m, as_tuple=True)
+            keep = c > r
+            r, c = r[keep], c[keep]
+            found.append((r + i, c + i, t[r, c]))
+        t.clamp_min_(0)
+        if not squared:
+            t.sqrt_()
+        # exact symmetry: the part below the diagonal is a copy of the part above
+        g[i2:, i:i2] = t[:, i2 - i:].t()
+        blk = g[i:i2, i:i2]
+        blk.copy_(torch.triu(blk) + torch.triu(blk, 1).t())
+    g.fill_diagonal_(0)
+    if found:
+        r, c, vals = (torch.cat(z) for z in zip(*found))
+        _refine_found(x, g, thr, r, c, vals, _pairs_fn("sqeuclidean"), sqrt=not squared)
+    return g
+
+
+@_pairwise_sqdist.register_fake
+def _(x, squared, tau):
+    return x.new_empty((x.shape[0], x.shape[0]))
+
+
+@torch.library.custom_op("triplet_ref::refine_close_pairs", mutates_args=())
+def _refine_close_pairs(x: Tensor, d: Tensor, w: Tensor, tau: float, kind: str) -> Tensor:
+    """``Backend.refine_sqdist`` for torch (the cosine path): values only."""
+    d = d.clone()
+    if d.shape[0] < 2:
+        return d
+    thr = w * tau
+    r, c, vals = _candidates(d, thr)
+    return _refine_found(x, d, thr, r, c, vals, _pairs_fn(kind), sqrt=False)
+
+
+@_refine_close_pairs.register_fake
+def _(x, d, w, tau, kind):
+    return torch.empty_like(d)
+
+
+def _refine_backward(ctx, grad):
+    # the refined values are the same function of x as the Gram formula's (they differ only
+    # in rounding): the gradient passes through to d unchanged
+    return None, grad, None, None, None
+
+
+def _refine_setup(ctx, inputs, output):
+    pass  # nothing to save (functorch transforms want a setup_context)
+
+
+_refine_close_pairs.register_autograd(_refine_backward, setup_context=_refine_setup)
+
 
 class _PairwiseSq(torch.autograd.Function):
     """Euclidean (or squared) distances of the rows of ``x`` with few B×B passes.
 
-    Forward: ``G = xc xcᵀ`` for rows shifted by the first row; then, one stripe of rows
-    at a time, ``d² = |xc_i|² + |xc_j|² − 2 G_ij`` on and above the diagonal, clamped at
-    0, square-rooted — in place in G — and mirrored below it (exactly symmetric although
-    torch's GEMM is not), so a 4096² float32 problem allocates one B×B buffer instead of
-    about eight.  ``|xc_i|²`` is G's diagonal, so equal rows give exactly 0.
+    Forward (the custom op ``triplet_ref::pairwise_sqdist``): ``G = xc xcᵀ`` for rows
+    shifted by the first row; then, one stripe of rows at a time, ``d² = |xc_i|² + |xc_j|²
+    − 2 G_ij`` on and above the diagonal, clamped at 0, square-rooted — in place in G — and
+    mirrored below it (exactly symmetric although torch's GEMM is not), so a 4096² float32
+    problem allocates one B×B buffer instead of about eight.  The pairs closer than the
+    Gram formula resolves (``distances.close_pair_threshold``) are recomputed from
+    differences, and bitwise-equal rows get equal distances (0 between them).
     Backward: ``∂/∂xc = 2[(rowsum H + colsum H) ⊙ xc − H xc − Hᵀ xc]`` with
     ``H = g / (2d)`` (0 where d = 0: the diagonal and duplicate rows).
     """
 
     @staticmethod
-    def forward(x, squared):
-        xc = x - x[:1]
-        g = torch.mm(xc, xc.t())
-        sq = torch.diagonal(g).clone()
-        n = g.shape[0]
-        for i in range(0, n, _BLOCK):
-            i2 = min(n, i + _BLOCK)
-            # the stripe of rows i:i2 on and right of the diagonal, in place:
-            # d² = |xc_j|² − 2 G_ij + |xc_i|², clamped at 0 (4 passes, cache-sized rows)
-            t = g[i:i2, i:]
-            torch.add(sq[None, i:], t, alpha=-2, out=t)
-            t.add_(sq[i:i2, None]).clamp_min_(0)
-            if not squared:
-                t.sqrt_()
-            # exact symmetry: the part below the diagonal is a copy of the part above
-            g[i2:, i:i2] = t[:, i2 - i:].t()
-            blk = g[i:i2, i:i2]
-            blk.copy_(torch.triu(blk) + torch.triu(blk, 1).t())
-        g.fill_diagonal_(0)
-        return g
+    def forward(x, squared, tau):
+        return _pairwise_sqdist(x, squared, tau)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, squared = inputs
+        x, squared, _ = inputs
         ctx.squared = squared
         ctx.save_for_backward(x, output)
 
@@ -370,4 +492,4 @@ class _PairwiseSq(torch.autograd.Function):
         gxc = 2 * (coef[:, None] * xc - torch.mm(h, xc) - torch.mm(h.t(), xc))
         gx = gxc.clone()
         gx[0] -= gxc.sum(dim=0)
-        return gx, None
+        return gx, None, None
