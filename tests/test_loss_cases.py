@@ -391,3 +391,18 @@ def test_a_dtype_the_namespace_does_not_know_is_a_clear_error():
         tr.batch_all(np.array([0, 0, 1, 1]), x)
     with pytest.raises(TypeError, match=r"^embeddings: dtype bfloat16"):
         tr.pairwise_distances(x)
+
+
+def test_softplus_above_20_is_not_truncated(xp):
+    """softplus(x) = x + log1p(e^-x): above x = 20 the tail e^-x is still there (torch's
+    ``nn.functional.softplus`` returns x unchanged above its threshold of 20, which made
+    every soft term there short by up to 2e-9; found by the slow fuzz run)."""
+    a, p, n = (xp.asarray([[v]], dtype="float64") for v in (0.0, 21.0, 0.0))
+    got = float(xp.to_numpy(tr.triplet_loss(a, p, n, 0.0, soft=True)))
+    want = O.triplet_loss([[0.0]], [[21.0]], [[0.0]], 0.0, soft=True)
+    assert abs(got - want) <= 1e-14 * want
+    y = [0, 0, 1]
+    x = xp.asarray([[0.0], [21.0], [0.0]], dtype="float64")
+    got = float(xp.to_numpy(tr.batch_hard(y, x, 0.0, soft=True)))
+    want = O.batch_hard(y, [[0.0], [21.0], [0.0]], 0.0, soft=True)
+    assert abs(got - want) <= 1e-14 * abs(want)

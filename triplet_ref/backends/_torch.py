@@ -287,8 +287,6 @@ class TorchBackend(Backend):
     def take_rows(self, xp, x, idx):
         return torch.gather(x, -1, idx.to(torch.int64))
 
-    def softplus(self, xp, x):
-        return torch.nn.functional.softplus(x)
 
     def value_and_grad(self, fn, x):
         x = x.detach().clone().requires_grad_(True)
