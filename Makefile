@@ -7,6 +7,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# the suite runs in this many pytest-xdist workers (CI and the reference machine have 2 cores)
+WORKERS ?= 2
 
 .PHONY: venv bench test test-all example clean-venv
 
@@ -22,10 +24,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) $(ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest --runslow $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) --runslow $(ARGS)
 
 example: $(STAMP)
 	$(PY) examples/digits/train.py --all $(ARGS)
