@@ -207,7 +207,7 @@ def test_pk_batch_sampler_in_a_dataloader():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls", [BatchHardLoss, BatchSemiHardLoss, BatchContrastiveLoss])
+@pytest.mark.parametrize("cls", [BatchAllLoss, BatchHardLoss, BatchSemiHardLoss, BatchContrastiveLoss])
 def test_learnable_margin_under_torch_compile(cls):
     """model + module with a learnable margin under torch.compile(fullgraph=True): the loss and
     both gradients equal eager (the margin's value check is skipped while tracing)."""

@@ -28,9 +28,8 @@ the negative pairs' ``max(m − e, 0)``, divided by it; softplus terms: the sum 
 sigmoids). This gradient is never negative, so minimising the loss alone drives the margin
 down to 0 (where the clamp stops it): train it with its own objective or
 regulariser. Under ``torch.compile(fullgraph=True)`` a learnable margin works for
-``BatchHardLoss``, ``BatchSemiHardLoss`` and ``BatchContrastiveLoss`` (tested, ``--runslow``);
-``BatchAllLoss`` with a tensor margin does not compile yet (its CPU kernel is a custom op that
-takes the margin as a ``float``).
+``BatchAllLoss``, ``BatchHardLoss``, ``BatchSemiHardLoss`` and ``BatchContrastiveLoss``
+(tested, ``--runslow``): the CPU kernels' custom ops take the margin as a tensor operand.
 """
 from __future__ import annotations
 
