@@ -56,8 +56,9 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
         global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
       chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
         rows per block: each block mines against the whole batch (or reference set), its
-        work is checkpointed (recomputed in the backward), so a call holds
-        ``O(chunk_size·R)`` at a time (docs/scaling.md, "Memory").
+        backward is done block by block (torch: in the forward pass, first order only;
+        otherwise checkpointed and recomputed), so a call holds ``O(chunk_size·R)`` at a
+        time (docs/scaling.md, "Memory").
 
     Returns:
       0-d array (or the ``(B, B)`` array) of the embeddings' dtype on their device;
