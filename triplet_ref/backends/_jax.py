@@ -63,12 +63,16 @@ class _JaxStep:
         self.step = step
         n_in = len(k.inputs)
 
-        def host_forward(*arrays):
-            res = k.forward(*(np.asarray(a) for a in arrays))
-            return tuple(np.asarray(r, dtype=_kind_dtype(kind, arrays[0])) for r, kind in zip(res, k.outputs))
-
         def call(*arrays):
             shapes = tuple(jax.ShapeDtypeStruct(arrays[0].shape, _kind_dtype(kind, arrays[0])) for kind in k.outputs)
+            # the result dtypes are fixed here, at trace time: the callback runs on another
+            # thread, where a scoped x64 switch (jax.enable_x64(False)) does not apply
+            dtypes = tuple(np.dtype(s.dtype) for s in shapes)
+
+            def host_forward(*host):
+                res = k.forward(*(np.asarray(a) for a in host))
+                return tuple(np.asarray(r, dtype=dt) for r, dt in zip(res, dtypes))
+
             outs = jax.pure_callback(host_forward, shapes, *arrays, vmap_method="sequential")
             # inside shard_map a callback's results are typed replicated: type them like
             # d (a shard), or psum/grad would treat them as replicated values
