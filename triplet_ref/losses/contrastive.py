@@ -9,7 +9,7 @@ from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
 from ._common import (REDUCTIONS, as_float, count_dtype, finish, propagate_nan, reduce,
                       safe_divide, scalar)
-from ._pairs import prepare_pairs, reduce_pairs
+from ._pairs import chunk_rows, prepare_pairs, reduce_pairs
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
@@ -53,12 +53,16 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
         ``"sum"`` and the info counts are those of the single-process loss on the
         concatenated batch, on every rank; ``"none"`` is this rank's rows against the
         global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
-      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
-        rows per block: each block mines against the whole batch (or reference set), its
-        backward is done block by block (torch: in the forward pass, first order only;
-        otherwise checkpointed and recomputed), so a call holds ``O(chunk_size·R)`` at a
-        time (docs/scaling.md, "Memory").
+      chunk_size: anchor rows per block. ``None`` (default): chosen from a memory budget
+        (1 GiB, or ``TRIPLET_REF_MEMORY_BUDGET`` bytes): unchunked up to ``B = 4096``
+        (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond; ``0``: never
+        chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows. Each block
+        mines against the whole batch (or reference set) and its backward is done block
+        by block (torch ``"mean"``/``"sum"``: in the forward pass, first order only;
+        otherwise checkpointed and recomputed), so a call holds ``O(c·R)`` at a time
+        (docs/scaling.md, "Memory").
     """
+    chunk_size = chunk_rows(chunk_size, embeddings, ref_embeddings, process_group, axis_name)
     if chunk_size is not None:
         from ._pairs import chunked
 
