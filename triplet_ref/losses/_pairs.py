@@ -16,6 +16,8 @@ a local partial sum into the global one (None on one process).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +170,80 @@ def reduce_pairs(P: Pairs, per_term, count, reduction: str):
     if reduction == "sum":
         return total
     return safe_divide(ctx, total, P.global_sum(as_float(ctx, count)))
+
+
+# --- the batch losses' shared keywords: one docstring block, one dispatch -------------
+SCALING_DOC = """\
+ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+  of ``embeddings``) take their positives and negatives from its rows, no pair being
+  the same sample (docs/semantics.md, "Reference sets"){ref_note}.
+process_group: a ``torch.distributed`` process group (torch), or
+axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+  anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+  ``"sum"`` and the info counts are those of the single-process loss on the
+  concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+  global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+chunk_size: ``None`` (default): the anchor rows per block chosen from a memory budget
+  (1 GiB, or ``TRIPLET_REF_MEMORY_BUDGET`` bytes): unchunked up to ``B = 4096``
+  (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond; ``0``: never
+  chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows. Each block
+  mines against the whole batch (or reference set) and its backward is done block
+  by block (torch ``"mean"``/``"sum"``: in the forward pass, first order only;
+  otherwise checkpointed and recomputed), so a call holds ``O(c·R)`` at a time
+  (docs/scaling.md, "Memory")."""
+
+_SCALING_MARK = "{scaling}"
+
+
+def scaling_doc(doc: str, ref_note: str = "") -> str:
+    """``doc`` with its line ``{scaling}`` replaced by :data:`SCALING_DOC`, indented like
+    that line (``ref_note``: what a reference set changes in this loss's outputs)."""
+    if doc is None:  # python -OO
+        return doc
+    lines = doc.split("\n")
+    marks = [i for i, line in enumerate(lines) if line.strip() == _SCALING_MARK]
+    if len(marks) != 1:
+        raise AssertionError(f"the docstring needs exactly one line {_SCALING_MARK}, found {len(marks)}")
+    i = marks[0]
+    indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+    block = [indent + line for line in SCALING_DOC.format(ref_note=ref_note).split("\n")]
+    return "\n".join(lines[:i] + block + lines[i + 1:])
+
+
+def batch_loss(ref_note: str = ""):
+    """Decorator of a batch loss ``fn(labels, embeddings, margin, *, ..., chunk_size)``:
+
+    * its docstring's line ``{scaling}`` becomes the shared keyword block
+      (:func:`scaling_doc`);
+    * ``chunk_size`` is handled here: given, the call runs through :func:`chunked`,
+      which calls the decorated loss once per row block (without ``chunk_size``); ``fn``
+      itself only ever sees ``chunk_size=None`` and declares it for its signature.
+    """
+    def deco(fn):
+        fn.__doc__ = scaling_doc(fn.__doc__, ref_note)
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def loss(*args, **kwargs):
+            chunk_size = kwargs.pop("chunk_size", None)
+            if chunk_size is None and kwargs.get("process_group") is None and kwargs.get("axis_name") is None:
+                # the default: rows from the memory budget (None: unchunked)
+                bound = sig.bind_partial(*args, **kwargs)
+                chunk_size = chunk_rows(None, bound.arguments.get("embeddings"),
+                                        bound.arguments.get("ref_embeddings"))
+            elif chunk_size is not None:
+                chunk_size = chunk_rows(chunk_size, None)
+            if chunk_size is None:
+                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            a = dict(bound.arguments)
+            del a["chunk_size"]
+            return chunked(loss, chunk_size=chunk_size, **a)
+
+        return loss
+
+    return deco
 
 
 # --- bounded memory: anchors in row blocks ---------------------------------------------
