@@ -78,9 +78,15 @@ def test_chunked_jax_jit_gradients_equal_unchunked(losses):
     np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
-def test_chunk_size_bad_input():
+def test_chunk_size_bad_input(monkeypatch):
     with pytest.raises(ValueError, match="chunk_size"):
-        tr.batch_hard(Y, X, chunk_size=0)
+        tr.batch_hard(Y, X, chunk_size=-1)
+    monkeypatch.setenv("TRIPLET_REF_MEMORY_BUDGET", "1GiB")
+    with pytest.raises(ValueError, match="TRIPLET_REF_MEMORY_BUDGET"):
+        tr.batch_hard(Y, X)
+    monkeypatch.setenv("TRIPLET_REF_MEMORY_BUDGET", "0")
+    with pytest.raises(ValueError, match="TRIPLET_REF_MEMORY_BUDGET"):
+        tr.batch_hard(Y, X)
     with pytest.raises(TypeError, match="chunk_size"):
         tr.batch_all(Y, X, chunk_size=2.0)
     # chunk_size goes with process_group/axis_name (tests/test_distributed.py); their own
@@ -99,3 +105,51 @@ def test_chunked_torch_double_backward_raises():
     loss = tr.batch_hard(torch.as_tensor(Y), x, 0.6, chunk_size=4)
     with pytest.raises(RuntimeError, match="first-order"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+class _Shape:
+    """Only the shape and dtype that chunk_rows reads."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+
+@pytest.mark.parametrize("B, R, dtype, want", [
+    (4096, None, "float32", None),     # 8 · 4096 · 4096 · 4 bytes = 512 MiB <= 1 GiB: unchunked
+    (4096, None, "float64", None),     # exactly 1 GiB: unchunked
+    (4097, None, "float64", 4095),     # 2**30 // (8 · 4097 · 8)
+    (8192, None, "float32", 4096),
+    (16384, None, "float32", 2048),
+    (65536, None, "float32", 512),
+    (16384, None, "float16", 2048),    # computed in float32
+    (256, 65536, "float32", None),     # a memory bank: 512 rows fit
+    (4096, 65536, "float32", 512),
+])
+def test_chunk_rows_from_the_default_budget(monkeypatch, B, R, dtype, want):
+    from triplet_ref.losses._pairs import chunk_rows
+
+    monkeypatch.delenv("TRIPLET_REF_MEMORY_BUDGET", raising=False)
+    ref = None if R is None else _Shape((R, 8), dtype)
+    assert chunk_rows(None, _Shape((B, 8), dtype), ref) == want
+    assert chunk_rows(0, _Shape((B, 8), dtype), ref) is None
+    assert chunk_rows(7, _Shape((B, 8), dtype), ref) == 7
+    # a distributed call is not chunked by default
+    assert chunk_rows(None, _Shape((B, 8), dtype), None, axis_name="i") is None
+
+
+@pytest.mark.parametrize("loss", ONLINE, ids=repr)
+def test_default_chunk_size_from_budget_matches_oracle(monkeypatch, loss):
+    torch = pytest.importorskip("torch")
+    # 2 rows per block: 8 · 9 · 8 bytes · 2 = 1152
+    monkeypatch.setenv("TRIPLET_REF_MEMORY_BUDGET", "1152")
+    x = torch.tensor(X, requires_grad=True)
+    got = loss.call(torch.as_tensor(Y), x, 0.6)
+    assert_close(got.detach().numpy(), loss.truth(Y, X, 0.6), "float64", loss.id)
+    # chunked: the fused block gradients are first-order only
+    with pytest.raises(RuntimeError, match="first-order"):
+        torch.autograd.grad(got, x, create_graph=True)
+    # chunk_size=0: today's unchunked path, which has a double backward
+    x0 = torch.tensor(X, requires_grad=True)
+    (g,) = torch.autograd.grad(loss.call(torch.as_tensor(Y), x0, 0.6, chunk_size=0), x0, create_graph=True)
+    (g1,) = torch.autograd.grad(got, x)
+    np.testing.assert_allclose(g1.numpy(), g.detach().numpy(), rtol=1e-10, atol=1e-12)

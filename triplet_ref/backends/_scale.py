@@ -270,7 +270,7 @@ def _fused_function():
             def backward(ctx, g):
                 if torch.is_grad_enabled():
                     raise RuntimeError("chunk_size=: the torch gradients of a chunked loss are first-order "
-                                       "only (computed block by block in the forward); use chunk_size=None "
+                                       "only (computed block by block in the forward); use chunk_size=0 "
                                        "for double backward")
                 return (None, None, *[None if gr is None else g * gr for gr in ctx.grads])
 

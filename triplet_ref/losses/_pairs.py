@@ -204,11 +204,14 @@ axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the lo
   ``"sum"`` and the info counts are those of the single-process loss on the
   concatenated batch, on every rank; ``"none"`` is this rank's rows against the
   global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
-chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
-  rows per block: each block mines against the whole batch (or reference set), its
-  backward is done block by block (torch: in the forward pass, first order only;
-  otherwise checkpointed and recomputed), so a call holds ``O(chunk_size·R)`` at a
-  time (docs/scaling.md, "Memory")."""
+chunk_size: ``None`` (default): the anchor rows per block chosen from a memory budget
+  (1 GiB, or ``TRIPLET_REF_MEMORY_BUDGET`` bytes): unchunked up to ``B = 4096``
+  (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond; ``0``: never
+  chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows. Each block
+  mines against the whole batch (or reference set) and its backward is done block
+  by block (torch ``"mean"``/``"sum"``: in the forward pass, first order only;
+  otherwise checkpointed and recomputed), so a call holds ``O(c·R)`` at a time
+  (docs/scaling.md, "Memory")."""
 
 _SCALING_MARK = "{scaling}"
 
@@ -244,6 +247,13 @@ def batch_loss(ref_note: str = ""):
         @functools.wraps(fn)
         def loss(*args, **kwargs):
             chunk_size = kwargs.pop("chunk_size", None)
+            if chunk_size is None and kwargs.get("process_group") is None and kwargs.get("axis_name") is None:
+                # the default: rows from the memory budget (None: unchunked)
+                bound = sig.bind_partial(*args, **kwargs)
+                chunk_size = chunk_rows(None, bound.arguments.get("embeddings"),
+                                        bound.arguments.get("ref_embeddings"))
+            elif chunk_size is not None:
+                chunk_size = chunk_rows(chunk_size, None)
             if chunk_size is None:
                 return fn(*args, **kwargs)
             bound = sig.bind(*args, **kwargs)
@@ -273,13 +283,92 @@ class _Block:
         return v
 
 
+#: The memory budget of one batch-loss call with ``chunk_size=None``, in bytes: the anchors
+#: are processed in row blocks when the ``(B, R)`` working arrays would exceed it.  The
+#: environment variable ``TRIPLET_REF_MEMORY_BUDGET`` (bytes, an int) overrides it, read at
+#: every call.  1 GiB: B <= 4096 (float32 and float64, R = B) runs unchunked.
+MEMORY_BUDGET = 2**30
+
+#: How many ``(rows, R)`` arrays of the compute dtype a batch loss holds at its peak
+#: (forward and backward; measured 5-9 at B = 4096 with ``benchmarks/scaling.py``): the
+#: budget is divided by ``ARRAYS_AT_PEAK · R · itemsize`` to get the rows per block.
+ARRAYS_AT_PEAK = 8
+
+
+def memory_budget() -> int:
+    """The budget in bytes: ``TRIPLET_REF_MEMORY_BUDGET`` if set, else :data:`MEMORY_BUDGET`."""
+    import os
+
+    env = os.environ.get("TRIPLET_REF_MEMORY_BUDGET")
+    if env is None or env.strip() == "":
+        return MEMORY_BUDGET
+    try:
+        value = int(env.strip())
+    except ValueError:
+        raise ValueError(f"TRIPLET_REF_MEMORY_BUDGET: expected a number of bytes (an int), got {env!r}") from None
+    if value < 1:
+        raise ValueError(f"TRIPLET_REF_MEMORY_BUDGET: must be >= 1 byte, got {value}")
+    return value
+
+
 def check_chunk_size(chunk_size: Any) -> None:
     if chunk_size is None:
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size: expected None or a positive int, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+        raise TypeError(f"chunk_size: expected None, 0 or a positive int, got {type(chunk_size).__name__}")
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size: must be None (from the memory budget), 0 (unchunked) or >= 1, "
+                         f"got {chunk_size}")
+
+
+def _itemsize(a: Any) -> int:
+    """Bytes per element of the compute dtype of ``a`` (at least float32's 4; 8 when the
+    dtype says nothing)."""
+    dt = getattr(a, "dtype", None)
+    size = getattr(dt, "itemsize", None)
+    if not isinstance(size, int):
+        try:
+            import numpy as np
+
+            size = np.dtype(str(dt).rsplit(".", 1)[-1]).itemsize
+        except Exception:
+            size = 8
+    return max(4, size)
+
+
+def chunk_rows(chunk_size: Any, embeddings: Any, ref_embeddings: Any = None, process_group: Any = None,
+               axis_name: Any = None) -> int | None:
+    """The rows per block of a batch-loss call, or None for the unchunked path.
+
+    ``chunk_size=0``: None.  An int ``c >= 1``: ``c``.  ``None``: from the memory budget
+    (:func:`memory_budget`): ``rows = budget // (ARRAYS_AT_PEAK · R · itemsize)`` (``R``
+    the candidates: the batch or the reference set; ``itemsize`` of the compute dtype,
+    at least 4), unchunked when ``rows >= B``.  A distributed call (``process_group`` /
+    ``axis_name``) with ``None`` is not chunked (each rank holds ``B_local · B_global``).
+    """
+    check_chunk_size(chunk_size)
+    if chunk_size == 0:
+        return None
+    if chunk_size is not None:
+        return chunk_size
+    if process_group is not None or axis_name is not None:
+        return None
+    shape = getattr(embeddings, "shape", None)
+    if shape is None or len(shape) != 2:
+        return None  # a list or a malformed input: validated (and small) on the unchunked path
+    B = int(shape[0])
+    R = B
+    if ref_embeddings is not None:
+        rshape = getattr(ref_embeddings, "shape", None)
+        if rshape is None or len(rshape) != 2:
+            return None
+        R = int(rshape[0])
+    if B == 0 or R == 0:
+        return None
+    rows = memory_budget() // (ARRAYS_AT_PEAK * R * _itemsize(embeddings))
+    if rows >= B:
+        return None
+    return max(1, int(rows))
 
 
 def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, return_info: bool,
