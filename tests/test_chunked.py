@@ -89,8 +89,14 @@ def test_chunk_size_bad_input(monkeypatch):
         tr.batch_hard(Y, X)
     with pytest.raises(TypeError, match="chunk_size"):
         tr.batch_all(Y, X, chunk_size=2.0)
-    with pytest.raises(ValueError, match="chunk_size cannot be combined"):
+    # chunk_size goes with process_group/axis_name (tests/test_distributed.py); their own
+    # checks still apply
+    with pytest.raises(TypeError, match="axis_name: a JAX mapped axis needs JAX arrays"):
         tr.batch_semihard(Y, X, chunk_size=2, axis_name="i")
+    with pytest.raises(ValueError, match="ref_embeddings/ref_labels cannot be combined with process_group"):
+        tr.batch_all(Y, X, chunk_size=2, ref_embeddings=X, ref_labels=Y, axis_name="i")
+    with pytest.raises(ValueError, match="process_group .* and axis_name .* cannot both"):
+        tr.batch_contrastive(Y, X, chunk_size=2, axis_name="i", process_group=object())
 
 
 def test_chunked_torch_double_backward_raises():

@@ -253,10 +253,10 @@ def host_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name}: a ragged nested list (rows of different lengths) is not an array: {exc}") from None
 
 
-def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2):
+def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2, allow_empty: bool = False):
     if emb.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array of shape (B, D), got shape {tuple(emb.shape)}")
-    if emb.shape[0] == 0:
+    if emb.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name}: empty batch (shape {tuple(emb.shape)}); need at least one row")
     try:
         floating = xp.isdtype(emb.dtype, "real floating")
@@ -277,20 +277,22 @@ def _compute_dtype(xp, dtype):
 
 
 def resolve(embeddings: Any, labels: Any = None, backend: Any = None, *,
-            embeddings_name: str = "embeddings"):
+            embeddings_name: str = "embeddings", allow_empty: bool = False):
     """Resolve the backend, convert and validate ``embeddings`` (and ``labels``).
 
     Returns ``(ctx, emb, labels)``: ``emb`` in the compute dtype (float32 for
     float16/bfloat16), ``labels`` an integer array in the same namespace and on the
-    same device (or None when not given).
+    same device (or None when not given).  ``allow_empty``: a ``(0, D)`` batch is
+    accepted (one rank's share of a global batch).
     """
-    ctx, (emb,) = resolve_many([(embeddings, embeddings_name)], backend)
+    ctx, (emb,) = resolve_many([(embeddings, embeddings_name)], backend, allow_empty=allow_empty)
     if labels is None:
         return ctx, emb, None
     return ctx, emb, convert_labels(ctx, labels, emb.shape[0])
 
 
-def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int = 2):
+def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int = 2,
+                 allow_empty: bool = False):
     """Like :func:`resolve` for several embedding-like arrays of equal dtype/backend.
 
     The first array decides the backend when ``backend`` is None.
@@ -315,7 +317,7 @@ def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int =
     device = None
     for x, name in arrays:
         arr = _as_backend_array(x, be, name, device=device)
-        _check_embeddings(xp, arr, name, ndim=ndim)
+        _check_embeddings(xp, arr, name, ndim=ndim, allow_empty=allow_empty)
         if device is None:
             device = be.device_of(arr)
         out.append(arr)

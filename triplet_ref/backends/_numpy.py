@@ -48,7 +48,7 @@ class NumpyBackend(Backend):
         d += np.einsum("ij,ij->i", Xc, Xc)[None, :]
         d += np.einsum("ij,ij->i", xbc, xbc)[:, None]
         np.maximum(d, 0, out=d)
-        if offset >= 0:
+        if offset >= 0 and d.shape[0]:
             np.fill_diagonal(d[:, offset:offset + d.shape[0]], 0)
         if not squared:
             np.sqrt(d, out=d)

@@ -102,15 +102,13 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     if not (has_ref or has_group or has_axis):
         ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
         return Pairs(ctx, x, d, pos, neg, m)
-    if has_group and has_axis:
-        raise ValueError("process_group (torch.distributed) and axis_name (JAX) cannot both be given")
-    if has_ref and (has_group or has_axis):
-        raise ValueError(
-            "ref_embeddings/ref_labels cannot be combined with process_group/axis_name: the "
-            "global batch is the reference set of a distributed call")
+    check_scaling_args(has_ref, has_group, has_axis)
     check_choice(metric, "metric", METRICS)
     check_choice(reduction, "reduction", REDUCTIONS)
     check_margin(margin)
+    if not has_ref:
+        ctx, x, y, comm, X, Y, offset = gather_global(labels, embeddings, backend, process_group, axis_name)
+        return _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm)
     ctx, x, y = resolve(embeddings, labels, backend)
     xp = ctx.xp
     if has_ref:
@@ -121,10 +119,33 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
         nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
 
+
+def check_scaling_args(has_ref: bool, has_group: bool, has_axis: bool) -> None:
+    if has_group and has_axis:
+        raise ValueError("process_group (torch.distributed) and axis_name (JAX) cannot both be given")
+    if has_ref and (has_group or has_axis):
+        raise ValueError(
+            "ref_embeddings/ref_labels cannot be combined with process_group/axis_name: the "
+            "global batch is the reference set of a distributed call")
+
+
+def gather_global(labels, embeddings, backend, process_group, axis_name):
+    """The local batch and the global one of a distributed call: ``(ctx, x, y, comm, X, Y,
+    offset)``.  A rank may hold no row (``(0, D)``); a global batch without a row is a
+    ValueError on every rank alike (decided after the gather, so no rank is left waiting)."""
     from ..backends._scale import communicator
 
+    ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
     comm = communicator(ctx.backend, process_group=process_group, axis_name=axis_name)
     X, Y, offset = comm.gather(ctx, x, y)
+    if X.shape[0] == 0:
+        raise ValueError(f"embeddings: empty global batch (every rank's shape is {tuple(x.shape)}); "
+                         "need at least one row")
+    return ctx, x, y, comm, X, Y, offset
+
+
+def _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm) -> Pairs:
+    xp = ctx.xp
     d = cross_distance_matrix(ctx, x, X, metric)
     B, R = d.shape
     idt = offset.dtype
@@ -142,13 +163,14 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
 
 
 def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -> Pairs:
-    ctx, x, y = resolve(embeddings, labels, backend)
+    ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
     xp = ctx.xp
     X, Y = block.X, block.Y
     d = None
     if metric != "cosine":  # the fused native kernel of the backend, if it has one
-        d = ctx.backend.block_distances(xp, x, X, metric == "sqeuclidean", block.start if block.exclude_self else -1)
-    fused = d is not None
+        start = block.start if block.exclude_self and block.start is not None else -1
+        d = ctx.backend.block_distances(xp, x, X, metric == "sqeuclidean", start)
+    fused = d is not None and (block.start is not None or not block.exclude_self)
     if d is None:
         d = cross_distance_matrix(ctx, x, X, metric)
     eq = y[:, None] == Y[None, :]
@@ -259,9 +281,9 @@ class _Block:
     set) with this block's first row at ``offset``; sums stay per block (``chunked``
     adds the blocks up)."""
 
-    def __init__(self, X, Y, offset, same: bool, start: int = -1, nan_src: Any = None):
+    def __init__(self, X, Y, offset, same: bool, start: int | None = None, nan_src: Any = None):
         self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
-        self.start = start      # offset as a Python int (the fused distance kernel)
+        self.start = start      # offset as a Python int (the fused distance kernel), None if traced
         self.nan_src = nan_src  # NaN where the whole input is non-finite (once per call), else None
 
     def gather(self, ctx, x, y):
@@ -375,31 +397,47 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
     from ..backends._scale import checkpoint
 
     check_chunk_size(chunk_size)
-    if process_group is not None or axis_name is not None:
-        raise ValueError("chunk_size cannot be combined with process_group/axis_name (yet): "
-                         "each rank already holds only B_local × B_global")
+    has_ref = ref_embeddings is not None or ref_labels is not None
+    check_scaling_args(has_ref, process_group is not None, axis_name is not None)
     check_choice(reduction, "reduction", REDUCTIONS)
     check_margin(margin)
-    ctx, x, y = resolve(embeddings, labels, backend)
-    xp = ctx.xp
-    if ref_embeddings is not None or ref_labels is not None:
-        X, Y = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+    comm, base = None, 0
+    if process_group is not None or axis_name is not None:
+        # the local anchors in blocks against the gathered global batch: the blocks run no
+        # collective (their number may differ between ranks); the sums are global at the end
+        ctx, x, y, comm, X, Y, base = gather_global(labels, embeddings, backend, process_group, axis_name)
         self_ref = False
     else:
-        X, Y = x, y
-        self_ref = True
+        ctx, x, y = resolve(embeddings, labels, backend)
+        if has_ref:
+            X, Y = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+            self_ref = False
+        else:
+            X, Y = x, y
+            self_ref = True
+    xp = ctx.xp
+    exclude_self = self_ref or comm is not None
     B = x.shape[0]
     idt = ctx.backend.index_dtype(xp)
     red = "none" if reduction == "none" else "sum"
-    # NaN or ±inf anywhere: decided once for the call, not per block
+    # at least one block: a rank without rows still runs one (empty) block, so that its
+    # result and backward take part in the global sums like every other rank's
+    starts = range(0, max(B, 1), chunk_size)
+    # NaN or ±inf anywhere (X is the whole batch, the reference set or the global batch):
+    # decided once for the call, not per block
     nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
+    # the first row's column as a Python int for the fused distance kernel (None: traced)
+    from ..backends._scale import concrete_int
+
+    base_int = concrete_int(base) if exclude_self else None
 
     def run_block(s, leaves):
         x_all = leaves[0]
         cand = x_all if self_ref else leaves[1]
-        comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref, s, nan_src)
+        blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
+                     None if base_int is None else base_int + s, nan_src)
         out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
-                       return_info=True, process_group=comm, **options)
+                       return_info=True, process_group=blk, **options)
         if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
             info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
         return out, info
@@ -409,31 +447,33 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
         # torch: each block's backward runs right after its forward (no recomputation)
         from ..backends._scale import fused_block_sum
 
-        fused = fused_block_sum(ctx.backend, run_block, range(0, B, chunk_size), [x, X, margin])
+        fused = fused_block_sum(ctx.backend, run_block, starts, [x, X, margin])
     if fused is not None:
         total, infos = fused
-        return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, summed=True)
+        return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, comm, summed=True)
     blocks = []
-    for s in range(0, B, chunk_size):
+    for s in starts:
         e = min(B, s + chunk_size)
 
         def block(x_all, X_all, s=s, e=e):
             cand = x_all if self_ref else X_all
-            comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref, s, nan_src)
+            blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
+                         None if base_int is None else base_int + s, nan_src)
             out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
-                           return_info=True, process_group=comm, **options)
+                           return_info=True, process_group=blk, **options)
             if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
                 info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
             return out, info
 
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
-    return _finish_chunked(ctx, blocks, reduction, return_info)
+    return _finish_chunked(ctx, blocks, reduction, return_info, comm)
 
 
-def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
+def _finish_chunked(ctx, blocks, reduction, return_info, comm=None, summed=False):
     """Loss and info of a chunked call from its blocks' ``(out, info)`` (``summed``: the
-    first ``out`` is already the total)."""
+    first ``out`` is already the total; ``comm``: the communicator of a distributed call,
+    whose global sums turn this rank's totals and counts into the global ones)."""
     xp = ctx.xp
     if reduction == "none":
         loss = xp.concat([o for o, _ in blocks], axis=0)
@@ -444,7 +484,10 @@ def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
         for o, _ in blocks[1:]:
             total = total + o
         loss = total
-    info = _merge_info(ctx, [i for _, i in blocks])
+    gsum = (lambda v: v) if comm is None else (lambda v: comm.sum(ctx, v))
+    if reduction != "none":
+        loss = gsum(loss)
+    info = _merge_info(ctx, [i for _, i in blocks], gsum)
     if reduction == "mean":
         key = "num_positive" if "num_positive" in info else "num_valid"
         loss = safe_divide(ctx, loss, as_float(ctx, info[key]))
@@ -452,15 +495,18 @@ def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
     return (loss, info) if return_info else loss
 
 
-def _merge_info(ctx, infos):
+def _merge_info(ctx, infos, gsum=lambda v: v):
     """The info of the whole batch from its blocks': counts added, index arrays
-    concatenated, fractions and means weighted by their block's ``num_valid``."""
+    concatenated, fractions and means weighted by their block's ``num_valid`` (``gsum``:
+    the global sum of a distributed call, applied to the counts and weighted sums)."""
     xp = ctx.xp
     out = {}
     nv = [as_float(ctx, i["num_valid"]) for i in infos]
     nv_total = nv[0]
     for v in nv[1:]:
         nv_total = nv_total + v
+    if any(k.startswith(("fraction_", "mean_")) for k in infos[0]):
+        nv_total = gsum(nv_total)
     for key, first in infos[0].items():
         vals = [i[key] for i in infos]
         if key.startswith(("fraction_", "mean_")):
@@ -469,7 +515,7 @@ def _merge_info(ctx, infos):
             acc = as_float(ctx, vals[0]) * nv[0]
             for v, w in zip(vals[1:], nv[1:]):
                 acc = acc + as_float(ctx, v) * w
-            out[key] = ctx.finish(safe_divide(ctx, acc, nv_total))
+            out[key] = ctx.finish(safe_divide(ctx, gsum(acc), nv_total))
         elif first.ndim >= 1:
             out[key] = xp.concat(vals, axis=0)
         else:
@@ -478,7 +524,7 @@ def _merge_info(ctx, infos):
                 acc = acc + v
             # a count that does not depend on the data may come back from jax.checkpoint
             # as a NumPy scalar: keep every entry an array of the backend
-            out[key] = xp.asarray(acc, device=ctx.device)
+            out[key] = gsum(xp.asarray(acc, device=ctx.device))
     if "num_positive" in out and "fraction_positive" in infos[0]:
         out["fraction_positive"] = ctx.finish(safe_divide(
             ctx, as_float(ctx, out["num_positive"]), as_float(ctx, out["num_valid"])))
