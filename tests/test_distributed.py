@@ -62,7 +62,8 @@ def _run_torch(tmp_path, splits, timeout=240):
     for k, sizes in enumerate(splits):
         single = json.loads((tmp_path / f"single_{k}.json").read_text())
         ranks = [json.loads((tmp_path / f"rank{r}_{k}.json").read_text()) for r in range(world)]
-        for variant in ("unchunked", "chunked"):
+        assert set(ranks[0]) == ({"unchunked", "chunked", "module"} if k == 0 else {"unchunked", "chunked"})
+        for variant in ranks[0]:
             _compare(single, [res[variant] for res in ranks], sizes, f"{sizes} {variant}")
 
 
@@ -93,7 +94,8 @@ def _compare(single, ranks, sizes, label):
 
 def test_torch_ddp_three_ranks_uneven_and_empty(tmp_path):
     """3 ranks, two global batches: uneven rows, then a rank with no row (it must neither
-    hang the others nor change the value); each unchunked and with chunk_size."""
+    hang the others nor change the value); each unchunked and with chunk_size, the first
+    also through the torch modules (process_group and chunk_size at construction)."""
     _run_torch(tmp_path, [[5, 2, 7], [6, 0, 8]])
 
 

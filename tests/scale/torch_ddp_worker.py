@@ -4,7 +4,8 @@
 per-rank row counts, ``;``-separated (``5,2,7;6,0,8``: two global batches, split unevenly,
 the second with a rank that holds no row), all run in this one process group.  For each
 split every rank builds the same global batch and model, takes its slice of rows, wraps the
-model in DDP and, for every loss, unchunked and with ``chunk_size=2``, writes the loss
+model in DDP and, for every loss, unchunked and with ``chunk_size=2`` (and, in the first
+split, through the torch module built with ``process_group`` and ``chunk_size``), writes the loss
 values, this rank's ``"none"`` rows, the info scalars and the parameter gradients after
 DDP's averaging to ``OUT_DIR/rank{RANK}_{SPLIT}.json``.  Rank 0 also writes the
 single-process (unchunked) results on the concatenated batch to ``OUT_DIR/single_{SPLIT}.json``.
@@ -19,7 +20,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from _cases import batch, call, info_scalars, selected
+import triplet_ref as tr
+from _cases import LOSSES, MARGIN, batch, call, info_scalars, selected
+from triplet_ref.torch import BatchAllLoss, BatchContrastiveLoss, BatchHardLoss, BatchSemiHardLoss
+
+MODULE_OF = {tr.batch_all: BatchAllLoss, tr.batch_hard: BatchHardLoss, tr.batch_semihard: BatchSemiHardLoss,
+             tr.batch_contrastive: BatchContrastiveLoss}
 
 CHUNK = 2
 #: collectives give up after this long: a rank that stops taking part fails the others
@@ -37,22 +43,40 @@ def model():
     return torch.nn.Linear(5, 3).double()
 
 
-def run(net, x, y, **kw):
+def run(net, x, y, loss=call):
+    """Per loss: the values, ``"none"`` rows, info scalars and parameter gradients, with
+    ``loss(name, labels, embeddings, **kw)`` (default: the function)."""
     out = {}
     for name in selected(os.environ.get("SCALE_LOSSES")):
         net.zero_grad()
-        loss, info = call(name, y, net(x), return_info=True, **kw)
-        loss.backward()
+        value, info = loss(name, y, net(x), return_info=True)
+        value.backward()
         grads = [p.grad.detach().numpy().ravel().tolist() for p in net.parameters()]
         with torch.no_grad():
             emb = net(x)
-            s = call(name, y, emb, reduction="sum", **kw)
-            none = call(name, y, emb, reduction="none", **kw)
+            s = loss(name, y, emb, reduction="sum")
+            none = loss(name, y, emb, reduction="none")
         out[name] = {
-            "mean": float(loss), "sum": float(s), "none": none.numpy().tolist(),
+            "mean": float(value), "sum": float(s), "none": none.numpy().tolist(),
             "info": {k: float(v) for k, v in info_scalars(info).items()},
             "grads": grads,
         }
+    return out
+
+
+def variants(group, module=False):
+    """How each rank calls the losses: ``process_group`` unchunked and chunked (and, with
+    ``module``, the torch module built with both keywords)."""
+    out = {
+        "unchunked": lambda name, y, e, **kw: call(name, y, e, process_group=group, **kw),
+        "chunked": lambda name, y, e, **kw: call(name, y, e, process_group=group, chunk_size=CHUNK, **kw),
+    }
+    if module:
+        def by_module(name, y, e, **kw):
+            fn, extra = LOSSES[name]
+            return MODULE_OF[fn](MARGIN, **extra, **kw, process_group=group, chunk_size=CHUNK)(e, y)
+
+        out["module"] = by_module
     return out
 
 
@@ -68,8 +92,7 @@ def main():
         start = sum(sizes[:rank])
         xl, yl = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
         ddp = torch.nn.parallel.DistributedDataParallel(model())
-        res = {"unchunked": run(ddp, xl, yl, process_group=group),
-               "chunked": run(ddp, xl, yl, process_group=group, chunk_size=CHUNK)}
+        res = {k: run(ddp, xl, yl, f) for k, f in variants(group, module=k == 0).items()}
         with open(f"{out_dir}/rank{rank}_{k}.json", "w") as f:
             json.dump(res, f)
         if rank == 0:

@@ -105,12 +105,9 @@ class Backend:
         """Stable ascending argsort along the last axis (ties keep index order)."""
         return xp.argsort(x, axis=-1, stable=True)
 
-    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left", where=None):
+    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left"):
         """Row-wise searchsorted: ``out[i, j]`` = insertion index of ``values[i, j]`` in
-        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n).
-
-        ``where`` (bool, the shape of ``values``) marks the entries the caller uses; a
-        backend may skip the others (their result is then unspecified)."""
+        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n)."""
         import array_api_extra as xpx
 
         return xpx.searchsorted(sorted_rows, values, side=side, xp=xp)

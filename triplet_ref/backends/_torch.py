@@ -286,7 +286,7 @@ class TorchBackend(Backend):
     def argsort_rows(self, xp, x):
         return torch.sort(x, dim=-1, stable=True).indices
 
-    def searchsorted_rows(self, xp, sorted_rows, values, side="left", where=None):
+    def searchsorted_rows(self, xp, sorted_rows, values, side="left"):
         return torch.searchsorted(sorted_rows.contiguous(), values.contiguous(), side=side)
 
     def take_rows(self, xp, x, idx):
