@@ -7,7 +7,7 @@ import pytest
 
 import triplet_ref as tr
 
-from loss_helpers import ONLINE, assert_close, check_array_result, check_info
+from loss_helpers import ONLINE, ONLINE_BY_ID, assert_close, check_array_result, check_info
 
 _RNG = np.random.default_rng(9)
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 3, 1])  # class 3 is a singleton: an invalid anchor
@@ -153,3 +153,37 @@ def test_default_chunk_size_from_budget_matches_oracle(monkeypatch, loss):
     (g,) = torch.autograd.grad(loss.call(torch.as_tensor(Y), x0, 0.6, chunk_size=0), x0, create_graph=True)
     (g1,) = torch.autograd.grad(got, x)
     np.testing.assert_allclose(g1.numpy(), g.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("fw", ["numpy", "torch"])
+def test_block_distances_every_metric_match_oracle(fw, metric):
+    """The fused block kernels (NumPy in place, torch autograd.Function) against the
+    oracle, with a duplicated row (its own column exactly 0, the duplicate's a residue)."""
+    x = np.concatenate([X, X[:1] * 1.0])
+    y = np.concatenate([Y, Y[:1]])
+    for name in ("batch_all", "batch_hard", "batch_semihard"):
+        loss = ONLINE_BY_ID[name]
+        want = loss.truth(y, x, 0.6, metric=metric, reduction="none")
+        xin = x if fw == "numpy" else pytest.importorskip("torch").tensor(x)
+        got = loss.call(y, xin, 0.6, metric=metric, reduction="none", chunk_size=3)
+        assert_close(np.asarray(got), want, "float64", f"{fw} {name} {metric}")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_block_distances_torch_gradients_detached_reference(metric):
+    """torch: the block kernel's backward with a reference set that needs no gradient (a
+    memory bank) and with the batch itself, against the unchunked call."""
+    torch = pytest.importorskip("torch")
+    y, r, ry = torch.as_tensor(Y), torch.tensor(RX), torch.as_tensor(RY)
+    for loss in ONLINE:
+        if not loss.has_metric and metric != "euclidean":
+            continue
+        grads = []
+        for chunk in (0, 4):
+            x = torch.tensor(X, requires_grad=True)
+            a = loss.call(y, x, 0.6, metric=metric, chunk_size=chunk, ref_embeddings=r, ref_labels=ry)
+            b = loss.call(y, x, 0.6, metric=metric, chunk_size=chunk)
+            grads.append(torch.autograd.grad(a + 0.5 * b, x)[0].numpy())
+        np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12, err_msg=f"{loss.id} {metric}")
+        assert np.any(grads[0] != 0)

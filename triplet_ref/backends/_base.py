@@ -79,6 +79,13 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.where(pos, xp.sqrt(xp.where(pos, x, one)), zero)
 
+    def block_distances(self, xp, xb, X, squared: bool, offset: int):
+        """The ``(b, R)`` euclidean (or squared) distances from the anchors ``xb`` of one row
+        block to the candidates ``X``, with ``d(i, offset + i) = 0`` when ``offset >= 0``
+        (the anchor itself, when ``X`` is the batch): a fused native kernel, or None for
+        the portable formula (``distances.cross_distance_matrix``)."""
+        return None
+
     def clamp_min0(self, xp, x):
         """max(x, 0) (a fresh array; the gradient is 0 where x < 0)."""
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))

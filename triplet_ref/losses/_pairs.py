@@ -166,10 +166,17 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
     xp = ctx.xp
     X, Y = block.X, block.Y
-    d = cross_distance_matrix(ctx, x, X, metric)
+    d = None
+    if metric != "cosine":  # the fused native kernel of the backend, if it has one
+        start = block.start if block.exclude_self and block.start is not None else -1
+        d = ctx.backend.block_distances(xp, x, X, metric == "sqeuclidean", start)
+    fused = d is not None and (block.start is not None or not block.exclude_self)
+    if d is None:
+        d = cross_distance_matrix(ctx, x, X, metric)
     eq = y[:, None] == Y[None, :]
-    nan = non_finite(ctx, x, X)
-    nan_src = xp.where(nan, scalar(ctx, float("nan")), scalar(ctx, 0))
+    nan_src = block.nan_src
+    if nan_src is None:
+        nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
     if not block.exclude_self:
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
     B, R = d.shape
@@ -177,7 +184,8 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     rows = xp.arange(B, dtype=idt, device=ctx.device)
     cols = xp.arange(R, dtype=idt, device=ctx.device)
     same = cols[None, :] == (rows + block.offset)[:, None]
-    d = xp.where(same, scalar(ctx, 0), d)
+    if not fused:  # the fused kernel zeroes the anchor's own column itself
+        d = xp.where(same, scalar(ctx, 0), d)
     return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
 
 
@@ -273,8 +281,10 @@ class _Block:
     set) with this block's first row at ``offset``; sums stay per block (``chunked``
     adds the blocks up)."""
 
-    def __init__(self, X, Y, offset, same: bool):
+    def __init__(self, X, Y, offset, same: bool, start: int | None = None, nan_src: Any = None):
         self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
+        self.start = start      # offset as a Python int (the fused distance kernel), None if traced
+        self.nan_src = nan_src  # NaN where the whole input is non-finite (once per call), else None
 
     def gather(self, ctx, x, y):
         return self.X, self.Y, self.offset
@@ -413,11 +423,19 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
     # at least one block: a rank without rows still runs one (empty) block, so that its
     # result and backward take part in the global sums like every other rank's
     starts = range(0, max(B, 1), chunk_size)
+    # NaN or ±inf anywhere (X is the whole batch, the reference set or the global batch):
+    # decided once for the call, not per block
+    nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
+    # the first row's column as a Python int for the fused distance kernel (None: traced)
+    from ..backends._scale import concrete_int
+
+    base_int = concrete_int(base) if exclude_self else None
 
     def run_block(s, leaves):
         x_all = leaves[0]
         cand = x_all if self_ref else leaves[1]
-        blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self)
+        blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
+                     None if base_int is None else base_int + s, nan_src)
         out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
                        return_info=True, process_group=blk, **options)
         if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
@@ -439,7 +457,8 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
 
         def block(x_all, X_all, s=s, e=e):
             cand = x_all if self_ref else X_all
-            blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self)
+            blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
+                         None if base_int is None else base_int + s, nan_src)
             out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
                            return_info=True, process_group=blk, **options)
             if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
