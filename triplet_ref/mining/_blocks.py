@@ -14,6 +14,10 @@ All kernels take ``d`` (B, B) float distances, bool masks, and return NumPy arra
 from __future__ import annotations
 
 import functools
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -74,6 +78,171 @@ def _term_blocks(d: np.ndarray, terms: np.ndarray, neg: np.ndarray):
         yield blk, r, c, db, neg[blk], slot, kmax
 
 
+def _row_groups(terms: np.ndarray):
+    """Per row block, the rows that hold a term, split by their number of terms:
+    ``(rows, few)`` pairs, ``rows`` a slice (every row of the block in that group) or an
+    index array, ``few`` true for at most ``SMALL_K`` terms per row.
+
+    Each group runs its own branch, so a few anchors with many positives (a big class in
+    an otherwise P×K batch) do not send their whole block down the sorted branch."""
+    R, C = terms.shape
+    for blk in _row_blocks(R, C):
+        npos = np.count_nonzero(terms[blk], axis=1)
+        few = (npos > 0) & (npos <= SMALL_K)
+        many = npos > SMALL_K
+        nfew, nmany = int(np.count_nonzero(few)), int(np.count_nonzero(many))
+        n = blk.stop - blk.start
+        for group, count, is_few in ((few, nfew, True), (many, nmany, False)):
+            if count == n:
+                yield blk, is_few
+            elif count:
+                yield blk.start + np.flatnonzero(group), is_few
+
+
+def for_row_groups(terms: np.ndarray, inputs, outputs, few, many) -> None:
+    """Run ``few(*inputs[rows], *outputs[rows])`` or ``many(...)`` on each group of
+    :func:`_row_groups`; the branch functions write into the (zeroed) output rows they
+    are given.  Rows without a term are left as they are."""
+    for rows, is_few in _row_groups(terms):
+        ins = [a[rows] for a in inputs]
+        if isinstance(rows, slice):
+            (few if is_few else many)(*ins, *[o[rows] for o in outputs])
+            continue
+        outs = [np.zeros((rows.size,) + o.shape[1:], dtype=o.dtype) for o in outputs]
+        (few if is_few else many)(*ins, *outs)
+        for o, t in zip(outputs, outs):
+            o[rows] = t
+
+
+# --- the sorted branch: one sort per row of packed (value, category, column) keys -------
+#
+# A float32 ``x >= 0`` orders like its bit pattern, so the uint64 key
+# ``bits(x) << 32 | flag << 31 | column`` sorts a row by value, then flag, then column:
+# one SIMD sort of integers gives the order of the values with every tie broken by the
+# rule the kernel needs (the flag decides between a threshold or term and a negative of
+# equal value; the column gives the smallest index first).  Value, flag and column are
+# read back from the sorted keys' 32-bit halves: no argsort, no search.
+
+_COLUMN_BITS = 31
+FLAG = np.uint32(1 << _COLUMN_BITS)
+COLUMN_MASK = np.uint32((1 << _COLUMN_BITS) - 1)
+_LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)  # the uint32 halves of a uint64
+
+# rows per sub-block of the sorted branch: its dozen (rows, C) temporaries stay in cache
+_SORT_BLOCK_ELEMENTS = 1 << 16
+# the sorted branch runs its sub-blocks in threads (NumPy releases the GIL in sorts and
+# array loops) when a call has at least this many elements; tests set it to 0
+THREAD_MIN_ELEMENTS = 1 << 20
+
+
+def packable(values: np.ndarray) -> bool:
+    """Whether the packed keys serve ``values``: float32 with ``-0.0`` made ``+0.0``, no
+    value below zero (NaN is fine: it sorts after +inf), at most 2^31 columns."""
+    if values.dtype != np.float32 or values.shape[1] > (1 << _COLUMN_BITS):
+        return False
+    return values.size == 0 or not bool(np.fmin.reduce(values, axis=None) < 0)
+
+
+def packed_keys(values: np.ndarray, low: np.ndarray):
+    """``(key, hi, lo)``: uint64 keys ``bits(values) << 32 | low`` and views of their
+    halves (``hi`` as float32, ``lo`` uint32).  Sort ``key`` in place; ``hi`` and ``lo``
+    then read the sorted keys."""
+    rows, C = values.shape
+    key = np.empty((rows, C), dtype=np.uint64)
+    halves = key.view(np.uint32).reshape(rows, C, 2)
+    hi, lo = halves[..., _HI], halves[..., _LO]
+    np.copyto(hi, values.view(np.uint32))
+    np.copyto(lo, low)
+    return key, hi.view(np.float32), lo
+
+
+def flag_columns(flag: np.ndarray, shift: int, col: np.ndarray) -> np.ndarray:
+    """``flag << shift | col`` (uint32) for a bool ``flag``; arithmetic, not a select: a
+    select on a random mask mispredicts a branch per element."""
+    out = flag.astype(np.uint32)
+    out <<= np.uint32(shift)
+    out |= col
+    return out
+
+
+def key_flat_columns(key: np.ndarray) -> np.ndarray:
+    """Flat indices (intp) ``r·C + column`` of sorted keys (rows, C) into a C-contiguous
+    (rows, C) array: where each sorted entry came from."""
+    rows, C = key.shape
+    flat = np.bitwise_and(key, np.uint64(COLUMN_MASK)).view(np.intp)
+    flat += np.arange(0, rows * C, C, dtype=np.intp)[:, None]
+    return flat
+
+
+def row_offsets(cols: np.ndarray, width: int) -> np.ndarray:
+    """Flat indices (intp) ``r·width + cols[r, j]`` into a C-contiguous (rows, width)
+    array."""
+    return np.add(cols, np.arange(0, cols.shape[0] * width, width, dtype=np.intp)[:, None],
+                  dtype=np.intp)
+
+
+def scatter(out: np.ndarray, flat: np.ndarray, values: np.ndarray) -> None:
+    """``out.flat[flat] = values`` for a (rows, C) ``out`` (``flat`` from
+    :func:`row_offsets` with width C): a 1-D fancy assignment, several times faster than
+    ``np.put_along_axis``."""
+    if out.flags.c_contiguous:
+        out.reshape(-1)[flat.reshape(-1)] = values.reshape(-1)
+        return
+    tmp = np.ascontiguousarray(out)
+    tmp.reshape(-1)[flat.reshape(-1)] = values.reshape(-1)
+    out[...] = tmp
+
+
+def zero_where_not(x: np.ndarray, mask: np.ndarray) -> None:
+    """``x[~mask] = 0`` in place for a float ``x`` of :data:`_UINT`, NaN and inf included,
+    branch-free (the bit patterns times 0 or 1; a select on a random mask mispredicts a
+    branch per element)."""
+    bits = x.view(_UINT[x.dtype])
+    bits *= mask
+
+
+def select(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """``b = where(mask, a, b)`` in place, bit for bit, branch-free (floats of :data:`_UINT`)."""
+    uint = _UINT[b.dtype]
+    x = np.bitwise_xor(a.view(uint), b.view(uint))
+    x *= mask
+    bb = b.view(uint)
+    bb ^= x
+
+
+def columns32(C: int) -> np.ndarray:
+    """``0 .. C-1`` as uint32 (the low halves' columns)."""
+    return np.arange(C, dtype=np.uint32)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def sorted_sub_blocks(rows: int, cols: int, fn: Callable[[slice], None]) -> None:
+    """``fn(sl)`` for sub-blocks ``sl`` of ``rows`` rows (each at most
+    ``_SORT_BLOCK_ELEMENTS`` elements), in up to ``cpu_count()`` threads when the call is
+    large; ``fn`` writes disjoint rows.  Scratch: a dozen sub-blocks per thread."""
+    step = max(1, _SORT_BLOCK_ELEMENTS // max(cols, 1))
+    slices = [slice(s, min(rows, s + step)) for s in range(0, rows, step)]
+    workers = min(cpu_count(), len(slices)) if rows * cols >= THREAD_MIN_ELEMENTS else 1
+    if workers <= 1:
+        for sl in slices:
+            fn(sl)
+        return
+
+    def quiet(sl):  # np.errstate is per thread
+        with np.errstate(invalid="ignore", over="ignore"):
+            fn(sl)
+
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(quiet, slices):  # re-raises a worker's exception
+            pass
+
+
 def row_spans(r: np.ndarray, rows: int):
     """``(start, stop)``: each row's entries in row-major ``np.nonzero`` output."""
     n = np.bincount(r, minlength=rows)
@@ -93,6 +262,30 @@ def thresholds(dp: np.ndarray, margin) -> np.ndarray:
     """
     m = dp.dtype.type(margin)
     t = dp + m
+    uint = _UINT.get(t.dtype)
+    if uint is not None and not (t.view(uint) >> uint.type(8 * t.itemsize - 1)).any():
+        # no sign bit set (t >= +0.0 or +NaN): a step to the next float up or down is
+        # one more or one less in the bit pattern, added branch-free where it applies
+        bits = t.view(uint)
+        a = dp - t
+        a += m
+        step = a > 0
+        for _ in range(4):  # fl(dp + m) rounded down: τ is the next float up (one step)
+            if not step.any():
+                break
+            bits += step
+            np.subtract(dp, t, out=a)
+            a += m
+            np.greater(a, 0, out=step)
+        for _ in range(4):
+            np.subtract(dp, (bits - uint.type(1)).view(t.dtype), out=a)
+            a += m
+            np.less_equal(a, 0, out=step)  # ~(a > 0): a is not NaN where t > 0
+            step &= t > 0
+            if not step.any():
+                break
+            bits -= step
+        return t
     up = np.asarray(np.inf, dtype=dp.dtype)
     down = np.asarray(-np.inf, dtype=dp.dtype)
     for _ in range(4):  # two steps at most are ever needed; the rest is a guard
