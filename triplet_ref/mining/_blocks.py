@@ -14,6 +14,7 @@ All kernels take ``d`` (B, B) float distances, bool masks, and return NumPy arra
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -117,14 +118,13 @@ def for_row_groups(terms: np.ndarray, inputs, outputs, few, many) -> None:
 # --- the sorted branch: one sort per row of packed (value, category, column) keys -------
 #
 # A float32 ``x >= 0`` orders like its bit pattern, so the uint64 key
-# ``bits(x) << 32 | flag << 31 | column`` sorts a row by value, then flag, then column:
-# one SIMD sort of integers gives the order of the values with every tie broken by the
-# rule the kernel needs (the flag decides between a threshold or term and a negative of
-# equal value; the column gives the smallest index first).  Value, flag and column are
-# read back from the sorted keys' 32-bit halves: no argsort, no search.
+# ``bits(x) << 32 | category << 30 | column`` sorts a row by value, then category, then
+# column: one SIMD sort of integers gives the order of the values with every tie broken
+# by the rule the kernel needs (the category decides between a threshold or term and a
+# negative of equal value; the column gives the smallest index first).  Value, category
+# and column are read back from the sorted keys' 32-bit halves: no argsort, no search.
 
-_COLUMN_BITS = 31
-FLAG = np.uint32(1 << _COLUMN_BITS)
+_COLUMN_BITS = 30
 COLUMN_MASK = np.uint32((1 << _COLUMN_BITS) - 1)
 _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)  # the uint32 halves of a uint64
 
@@ -137,82 +137,73 @@ THREAD_MIN_ELEMENTS = 1 << 20
 
 def packable(values: np.ndarray) -> bool:
     """Whether the packed keys serve ``values``: float32 with ``-0.0`` made ``+0.0``, no
-    value below zero (NaN is fine: it sorts after +inf), at most 2^31 columns."""
+    value below zero (NaN is fine: it sorts after +inf), at most 2^30 columns."""
     if values.dtype != np.float32 or values.shape[1] > (1 << _COLUMN_BITS):
         return False
     return values.size == 0 or not bool(np.fmin.reduce(values, axis=None) < 0)
 
 
-def packed_keys(values: np.ndarray, low: np.ndarray):
-    """``(key, hi, lo)``: uint64 keys ``bits(values) << 32 | low`` and views of their
-    halves (``hi`` as float32, ``lo`` uint32).  Sort ``key`` in place; ``hi`` and ``lo``
-    then read the sorted keys."""
-    rows, C = values.shape
-    key = np.empty((rows, C), dtype=np.uint64)
-    halves = key.view(np.uint32).reshape(rows, C, 2)
-    hi, lo = halves[..., _HI], halves[..., _LO]
-    np.copyto(hi, values.view(np.uint32))
-    np.copyto(lo, low)
-    return key, hi.view(np.float32), lo
+class SortedRows:
+    """The rows of a block sorted by packed keys ``bits(value) << 32 | category << 30 |
+    column``, categories 0 for ``first``, 1 for ``second`` (disjoint bool masks), 2 for
+    every other entry.  ``values`` float32 ``>= 0`` (NaN allowed), ``-0.0`` made ``+0.0``.
+
+    Attributes: ``key`` (rows, C) uint64 sorted; ``value`` (float32 view) and ``low``
+    (uint32 view: category and column) of its halves; ``category`` (uint32, rows × C);
+    ``source`` the flat index ``r·C + column`` (intp) each sorted entry came from."""
+
+    def __init__(self, values: np.ndarray, first: np.ndarray, second: np.ndarray):
+        rows, C = values.shape
+        # low half: 2 − 2·first − second (arithmetic, not a select: a select on a random
+        # mask mispredicts a branch per element), then the column
+        low = first.astype(np.uint32)
+        low <<= np.uint32(1)
+        low += second
+        np.subtract(np.uint32(2), low, out=low)
+        low <<= np.uint32(_COLUMN_BITS)
+        low |= np.arange(C, dtype=np.uint32)
+        self.key = key = np.empty((rows, C), dtype=np.uint64)
+        halves = key.view(np.uint32).reshape(rows, C, 2)
+        np.copyto(halves[..., _HI], values.view(np.uint32))
+        np.copyto(halves[..., _LO], low)
+        key.sort(axis=1)
+        self.value = halves[..., _HI].view(np.float32)
+        self.low = halves[..., _LO]
+        self.category = self.low >> np.uint32(_COLUMN_BITS)
+        self.source = np.bitwise_and(key, np.uint64(COLUMN_MASK)).view(np.intp)
+        self.source += np.arange(0, rows * C, C, dtype=np.intp)[:, None]
+
+    def where(self, category: int) -> np.ndarray:
+        """Flat positions (in the sorted block) of the entries of a category, row-major."""
+        return np.flatnonzero(self.category == np.uint32(category))
 
 
-def flag_columns(flag: np.ndarray, shift: int, col: np.ndarray) -> np.ndarray:
-    """``flag << shift | col`` (uint32) for a bool ``flag``; arithmetic, not a select: a
-    select on a random mask mispredicts a branch per element."""
-    out = flag.astype(np.uint32)
-    out <<= np.uint32(shift)
-    out |= col
+def running_sums(x: np.ndarray, reverse: bool = False) -> np.ndarray:
+    """Running sums along the rows of float32 ``x`` (from the end with ``reverse``), as
+    float64.
+
+    Where ``x`` is finite the sums are exact integer sums of ``x`` in fixed point (``x``
+    scaled by a power of two so that a row's sum stays below 2^62, truncated: an error
+    below ``C² · max|x| · 2^-62``, beside ``C · max|x| · 2^-53`` for a float64 running
+    sum) — an integer running sum is several times faster than a float64 one, whose
+    additions wait on each other.  Otherwise a float64 running sum."""
+    rows, C = x.shape
+    if x.size == 0:
+        return np.zeros((rows, C), dtype=np.float64)
+    big = max(float(x.max()), -float(x.min()))
+    if not math.isfinite(big):
+        y = x[:, ::-1] if reverse else x
+        out = np.cumsum(y, axis=1, dtype=np.float64)
+        return out[:, ::-1] if reverse else out
+    if big == 0:
+        return np.zeros((rows, C), dtype=np.float64)
+    shift = min(62 - C.bit_length() - math.frexp(big)[1], 127)  # |x|·2^shift < 2^62 / C
+    q = (x * np.float32(2.0**shift)).astype(np.int64)  # exact scaling, truncated
+    y = q[:, ::-1] if reverse else q
+    np.cumsum(y, axis=1, out=y)
+    out = q.astype(np.float64)
+    out *= 2.0**-shift
     return out
-
-
-def key_flat_columns(key: np.ndarray) -> np.ndarray:
-    """Flat indices (intp) ``r·C + column`` of sorted keys (rows, C) into a C-contiguous
-    (rows, C) array: where each sorted entry came from."""
-    rows, C = key.shape
-    flat = np.bitwise_and(key, np.uint64(COLUMN_MASK)).view(np.intp)
-    flat += np.arange(0, rows * C, C, dtype=np.intp)[:, None]
-    return flat
-
-
-def row_offsets(cols: np.ndarray, width: int) -> np.ndarray:
-    """Flat indices (intp) ``r·width + cols[r, j]`` into a C-contiguous (rows, width)
-    array."""
-    return np.add(cols, np.arange(0, cols.shape[0] * width, width, dtype=np.intp)[:, None],
-                  dtype=np.intp)
-
-
-def scatter(out: np.ndarray, flat: np.ndarray, values: np.ndarray) -> None:
-    """``out.flat[flat] = values`` for a (rows, C) ``out`` (``flat`` from
-    :func:`row_offsets` with width C): a 1-D fancy assignment, several times faster than
-    ``np.put_along_axis``."""
-    if out.flags.c_contiguous:
-        out.reshape(-1)[flat.reshape(-1)] = values.reshape(-1)
-        return
-    tmp = np.ascontiguousarray(out)
-    tmp.reshape(-1)[flat.reshape(-1)] = values.reshape(-1)
-    out[...] = tmp
-
-
-def zero_where_not(x: np.ndarray, mask: np.ndarray) -> None:
-    """``x[~mask] = 0`` in place for a float ``x`` of :data:`_UINT`, NaN and inf included,
-    branch-free (the bit patterns times 0 or 1; a select on a random mask mispredicts a
-    branch per element)."""
-    bits = x.view(_UINT[x.dtype])
-    bits *= mask
-
-
-def select(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """``b = where(mask, a, b)`` in place, bit for bit, branch-free (floats of :data:`_UINT`)."""
-    uint = _UINT[b.dtype]
-    x = np.bitwise_xor(a.view(uint), b.view(uint))
-    x *= mask
-    bb = b.view(uint)
-    bb ^= x
-
-
-def columns32(C: int) -> np.ndarray:
-    """``0 .. C-1`` as uint32 (the low halves' columns)."""
-    return np.arange(C, dtype=np.uint32)
 
 
 def cpu_count() -> int:
@@ -241,6 +232,21 @@ def sorted_sub_blocks(rows: int, cols: int, fn: Callable[[slice], None]) -> None
     with ThreadPoolExecutor(workers) as pool:
         for _ in pool.map(quiet, slices):  # re-raises a worker's exception
             pass
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    """The 1-D view of a C-contiguous array (never a copy: writes through it land)."""
+    if not a.flags.c_contiguous:
+        raise RuntimeError("triplet_ref internal error: a kernel block is not C-contiguous")
+    return a.reshape(-1)
+
+
+def zero_where_not(x: np.ndarray, mask: np.ndarray) -> None:
+    """``x[~mask] = 0`` in place for a float ``x`` of :data:`_UINT`, NaN and inf included,
+    branch-free (the bit patterns times 0 or 1; a select on a random mask mispredicts a
+    branch per element)."""
+    bits = x.view(_UINT[x.dtype])
+    bits *= mask
 
 
 def row_spans(r: np.ndarray, rows: int):

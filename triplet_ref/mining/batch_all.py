@@ -150,20 +150,18 @@ def _forward_few(db, pb, nb, out, count, m):
     count[r, c] = cnt
 
 
-def _hinge_keys(db, pb, nb, m):
-    """The row's sorted packed keys (:mod:`._blocks`): ``τ`` at the positives, ``d`` at
-    the negatives (flagged: a negative sorts after a threshold of equal value, since
-    ``d(a,n) < τ`` is strict), ``d`` elsewhere (unflagged, never counted);
-    ``(key, hi, lo)``, or None where the values do not pack (a negative value)."""
+def _hinge_rows(db, pb, nb, m):
+    """The block's rows sorted (:class:`._blocks.SortedRows`): ``τ`` at the positives
+    (category 0: a threshold sorts before a negative of equal value, ``d(a,n) < τ`` being
+    strict), the negatives' distances (1), anything else after them (2); None where the
+    values do not pack (a negative value)."""
     v = db + db.dtype.type(0)  # -0.0 -> +0.0 (a copy)
     at = np.flatnonzero(pb)
-    flat_v = v.reshape(-1)
-    flat_v[at] = _blocks.thresholds(flat_v[at], m)
+    fv = v.reshape(-1)
+    fv[at] = _blocks.thresholds(fv[at], m)
     if not _blocks.packable(v):
         return None
-    key, hi, lo = _blocks.packed_keys(v, _blocks.flag_columns(nb, 31, _blocks.columns32(db.shape[1])))
-    key.sort(axis=1)
-    return key, hi, lo
+    return _blocks.SortedRows(v, pb, nb)
 
 
 def _forward_many(db, pb, nb, out, count, m):
@@ -176,24 +174,22 @@ def _forward_many(db, pb, nb, out, count, m):
 
 
 def _forward_sorted(db, pb, nb, out, count, m):
-    keys = _hinge_keys(db, pb, nb, m)
-    if keys is None:
+    srt = _hinge_rows(db, pb, nb, m)
+    if srt is None:
         return _forward_rows(db, pb, nb, out, count, m)
-    key, hi, lo = keys
-    rows, C = db.shape
-    is_neg = lo >> np.uint32(31)
+    is_neg = srt.category == np.uint32(1)
     K = np.cumsum(is_neg, axis=1, dtype=np.int32)  # at a threshold: the negatives before it
-    S = np.cumsum(hi * is_neg, axis=1, dtype=np.float64)  # and their sum
-    flat = _blocks.key_flat_columns(key)
-    L = np.take(np.ascontiguousarray(db).reshape(-1), flat).astype(np.float64)  # d(a,p)
+    S = _blocks.running_sums((srt.value.view(np.uint32) * is_neg).view(np.float32))  # their sum
+    at = srt.where(0)  # the thresholds, in sorted order
+    src = _blocks.flat(srt.source)[at]  # their columns (flat)
+    Kt = _blocks.flat(K)[at]
+    L = np.take(np.ascontiguousarray(db).reshape(-1), src).astype(np.float64)  # d(a,p)
     L += np.float64(m)
-    L *= K
-    L -= S
+    L *= Kt
+    L -= _blocks.flat(S)[at]
     np.maximum(L, 0.0, out=L)
-    _blocks.scatter(out, flat, L.astype(db.dtype))
-    _blocks.scatter(count, flat, K)
-    _blocks.zero_where_not(out, pb)
-    count *= pb
+    _blocks.flat(out)[src] = L
+    _blocks.flat(count)[src] = Kt
 
 
 def _forward_rows(db, pb, nb, out, count, m):
@@ -266,21 +262,18 @@ def _backward_many(db, pb, nb, gb, cb, ob, m):
 
 
 def _backward_sorted(db, pb, nb, gb, cb, ob, m):
-    keys = _hinge_keys(db, pb, nb, m)
-    if keys is None:
+    srt = _hinge_rows(db, pb, nb, m)
+    if srt is None:
         return _backward_rows(db, pb, nb, gb, cb, ob, m)
-    key, hi, lo = keys
-    rows, C = db.shape
-    g = np.array(gb, dtype=db.dtype)  # a copy (grad may be a broadcast view)
-    _blocks.zero_where_not(g, pb)
-    flat = _blocks.key_flat_columns(key)
-    gs = np.take(g.reshape(-1), flat)  # the positives' grads in sorted order, 0 elsewhere
-    tail = np.cumsum(gs[:, ::-1], axis=1, dtype=np.float64)[:, ::-1]  # Σ over τ > x
-    acc = np.empty((rows, C), dtype=db.dtype)
-    _blocks.scatter(acc, flat, tail.astype(db.dtype))
-    _blocks.zero_where_not(acc, nb)
-    np.multiply(g, cb, out=ob)
-    ob -= acc
+    at = srt.where(0)  # the thresholds, in sorted order
+    src = _blocks.flat(srt.source)[at]
+    g = np.take(np.ascontiguousarray(gb).reshape(-1), src)  # grad may be a broadcast view
+    gs = np.zeros(db.shape, dtype=db.dtype)  # the positives' grads in sorted order, 0 elsewhere
+    _blocks.flat(gs)[at] = g
+    tail = _blocks.running_sums(gs, reverse=True)  # at a negative: Σ grad over τ > d(a,n)
+    _blocks.flat(ob)[src] = g * np.take(np.ascontiguousarray(cb).reshape(-1), src)
+    neg = srt.where(1)
+    _blocks.flat(ob)[_blocks.flat(srt.source)[neg]] = -_blocks.flat(tail)[neg]
 
 
 def _backward_rows(db, pb, nb, gb, cb, ob, m):

@@ -119,33 +119,32 @@ def _sorted_block(db, nb, tb, chosen, semi):
     if not _blocks.packable(v):
         return _per_row(db, nb, tb, chosen, semi)
     rows, C = v.shape
-    col = _blocks.columns32(C)
-    # low half: the column, bit 31 set unless a negative (a negative sorts first among
-    # equal distances, so the negatives after a term are strictly farther)
-    key, _, lo = _blocks.packed_keys(v, _blocks.flag_columns(~nb, 31, col))
-    key.sort(axis=1)
-    top = _blocks.FLAG
+    # negatives category 0, terms 1: a negative sorts before a term of equal distance, so
+    # the negatives after a term are strictly farther
+    srt = _blocks.SortedRows(v, nb, tb)
+    top = np.uint32(1 << 31)
     # the position of the first negative at or after each position (>= 2^31: none)
-    nxt = np.bitwise_and(lo, top)
-    nxt |= col
+    nxt = (srt.category != np.uint32(0)).astype(np.uint32)
+    nxt <<= np.uint32(31)
+    nxt |= np.arange(C, dtype=np.uint32)
     np.minimum.accumulate(nxt[:, ::-1], axis=1, out=nxt[:, ::-1])
-    strict = nxt < top
-    np.minimum(nxt, np.uint32(C), out=nxt)
-    cols = np.empty((rows, C + 1), dtype=np.intp)
-    np.bitwise_and(lo, _blocks.COLUMN_MASK, out=cols[:, :C], casting="unsafe")
+    at = srt.where(1)  # the terms, in sorted order
+    row = at // C
+    base = row * C
+    nt = _blocks.flat(nxt)[at]
+    strict = nt < top
+    np.minimum(nt, np.uint32(C - 1), out=nt)
+    pick = _blocks.flat(srt.source)[base + nt] - base
     # none beyond: the farthest negative, the first column among equal distances (argmax
     # takes the first; non-negative floats order like their bits, NaN last as in the sort)
     nbits = v.view(np.uint32) * nb
     far = np.argmax(nbits, axis=1)
     zero = nbits[np.arange(rows), far] == 0  # every negative at distance 0 (or none)
     far[zero] = np.argmax(nb[zero], axis=1)
-    cols[:, C] = far
-    pick = np.take(cols.reshape(-1), _blocks.row_offsets(nxt, C + 1))
-    flat = _blocks.row_offsets(cols[:, :C], C)
-    _blocks.scatter(chosen, flat, pick)
-    _blocks.scatter(semi, flat, strict)
-    chosen *= tb
-    semi &= tb
+    pick = np.where(strict, pick, far[row])
+    src = _blocks.flat(srt.source)[at]
+    _blocks.flat(chosen)[src] = pick
+    _blocks.flat(semi)[src] = strict
 
 
 def _per_row(db, nb, tb, chosen, semi):
