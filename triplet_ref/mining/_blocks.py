@@ -138,9 +138,8 @@ THREAD_MIN_ELEMENTS = 1 << 20
 def packable(values: np.ndarray) -> bool:
     """Whether the packed keys serve ``values``: float32 with ``-0.0`` made ``+0.0``, no
     value below zero (NaN is fine: it sorts after +inf), at most 2^30 columns."""
-    if values.dtype != np.float32 or values.shape[1] > (1 << _COLUMN_BITS):
-        return False
-    return values.size == 0 or not bool(np.fmin.reduce(values, axis=None) < 0)
+    return (values.dtype == np.float32 and values.shape[1] <= (1 << _COLUMN_BITS)
+            and not float(np.fmin.reduce(values, axis=None, initial=0)) < 0)
 
 
 class SortedRows:
@@ -188,9 +187,7 @@ def running_sums(x: np.ndarray, reverse: bool = False) -> np.ndarray:
     sum) — an integer running sum is several times faster than a float64 one, whose
     additions wait on each other.  Otherwise a float64 running sum."""
     rows, C = x.shape
-    if x.size == 0:
-        return np.zeros((rows, C), dtype=np.float64)
-    big = max(float(x.max()), -float(x.min()))
+    big = max(float(x.max(initial=0)), -float(x.min(initial=0)))
     if not math.isfinite(big):
         y = x[:, ::-1] if reverse else x
         out = np.cumsum(y, axis=1, dtype=np.float64)
@@ -239,21 +236,6 @@ def flat(a: np.ndarray) -> np.ndarray:
     if not a.flags.c_contiguous:
         raise RuntimeError("triplet_ref internal error: a kernel block is not C-contiguous")
     return a.reshape(-1)
-
-
-def zero_where_not(x: np.ndarray, mask: np.ndarray) -> None:
-    """``x[~mask] = 0`` in place for a float ``x`` of :data:`_UINT`, NaN and inf included,
-    branch-free (the bit patterns times 0 or 1; a select on a random mask mispredicts a
-    branch per element)."""
-    bits = x.view(_UINT[x.dtype])
-    bits *= mask
-
-
-def row_spans(r: np.ndarray, rows: int):
-    """``(start, stop)``: each row's entries in row-major ``np.nonzero`` output."""
-    n = np.bincount(r, minlength=rows)
-    stop = np.cumsum(n)
-    return stop - n, stop
 
 
 def thresholds(dp: np.ndarray, margin) -> np.ndarray:

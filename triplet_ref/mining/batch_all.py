@@ -198,9 +198,7 @@ def _forward_rows(db, pb, nb, out, count, m):
     C = db.shape[1]
     ps = np.zeros(C + 1, dtype=np.float64)
     for a in range(db.shape[0]):
-        cols = np.flatnonzero(pb[a])
-        if cols.size == 0:
-            continue
+        cols = np.flatnonzero(pb[a])  # not empty: the group's rows hold a term
         dp = db[a, cols]
         tau = _blocks.thresholds(dp, m)
         v = dp.astype(np.float64) + np.float64(m)
@@ -281,9 +279,7 @@ def _backward_rows(db, pb, nb, gb, cb, ob, m):
     them; Σ grad over the thresholds above it."""
     ob[...] = np.where(pb, gb * cb, 0)
     for a in range(db.shape[0]):
-        cols = np.flatnonzero(pb[a])
-        if cols.size == 0:
-            continue
+        cols = np.flatnonzero(pb[a])  # not empty: the group's rows hold a term
         t = _blocks.thresholds(db[a, cols], m)
         o = np.argsort(t)
         w = gb[a, cols]
