@@ -26,7 +26,7 @@ from numba.extending import overload
 __all__ = ["hinge_forward", "hinge_backward", "soft_forward", "soft_backward", "semihard_choice"]
 
 _JIT = dict(cache=True, nogil=True)
-_PARALLEL = True
+_PARALLEL = False
 
 
 @nb.njit(**_JIT)
