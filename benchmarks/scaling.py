@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--rank", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one is not None:
-        b, loss, chunk = int(a.one[0]), a.one[1], None if a.one[2] == "none" else int(a.one[2])
+        b, loss, chunk = int(a.one[0]), a.one[1], 0 if a.one[2] == "none" else int(a.one[2])
         print(json.dumps(one(b, loss, chunk, a.threads)))
         return
     if a.rank is not None:

@@ -50,7 +50,7 @@ def hinge_rows(ctx, d, pos, neg, m):
     v = d + mm
     izero = xp.zeros((), dtype=idt, device=ctx.device)
     ione = xp.ones((), dtype=idt, device=ctx.device)
-    count = xp.astype(be.searchsorted_rows(xp, srt, v, side="left", where=pos), idt)  # #{d(a,n) < v}
+    count = xp.astype(be.searchsorted_rows(xp, srt, v, side="left"), idt)  # #{d(a,n) < v}
     # The oracle's rule is (d(a,p) − d(a,n)) + m > 0; it differs from d(a,n) < fl(d(a,p) + m)
     # only for the negatives within a rounding step of v (a margin below d(a,p)'s ulp
     # makes exact ties positive).  Step across the tie block on each side of the count:
@@ -64,7 +64,7 @@ def hinge_rows(ctx, d, pos, neg, m):
             move = pos & (count < nneg[:, None]) & ok
         else:
             move = pos & (count > izero) & ~ok
-        jump = xp.astype(be.searchsorted_rows(xp, srt, x, side="right" if up else "left", where=move), idt)
+        jump = xp.astype(be.searchsorted_rows(xp, srt, x, side="right" if up else "left"), idt)
         count = xp.where(move, jump, count)
     count = xp.where(pos, count, izero)
     below = be.take_rows(xp, prefix, count)

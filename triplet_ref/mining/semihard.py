@@ -35,7 +35,7 @@ def choose(ctx, d, neg, term):
 
     # first sorted position with d(a, n) > d(a, p): its value is the smallest such
     # distance and, the sort being stable, its index the smallest among ties
-    first_greater = xp.astype(be.searchsorted_rows(xp, srt, d, side="right", where=term), idt)
+    first_greater = xp.astype(be.searchsorted_rows(xp, srt, d, side="right"), idt)
     semihard = term & (first_greater < nneg[:, None])
     # fallback: the largest negative distance, at its first sorted position
     last = xp.maximum(nneg - xp.ones((), dtype=idt, device=ctx.device), izero)
