@@ -17,6 +17,7 @@ import pytest
 import triplet_ref as tr
 from triplet_ref import mining, oracles
 from triplet_ref.mining import _blocks
+from triplet_ref.mining.batch_all import batch_all_backward, batch_all_forward
 from triplet_ref.mining.semihard import semihard_choice
 from triplet_ref.testing.regimes import REGIMES, make_labels
 
