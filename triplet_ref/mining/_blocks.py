@@ -79,18 +79,18 @@ def _term_blocks(d: np.ndarray, terms: np.ndarray, neg: np.ndarray):
         yield blk, r, c, db, neg[blk], slot, kmax
 
 
-def _row_groups(terms: np.ndarray):
+def _row_groups(terms: np.ndarray, small_k: int):
     """Per row block, the rows that hold a term, split by their number of terms:
     ``(rows, few)`` pairs, ``rows`` a slice (every row of the block in that group) or an
-    index array, ``few`` true for at most ``SMALL_K`` terms per row.
+    index array, ``few`` true for at most ``small_k`` terms per row.
 
     Each group runs its own branch, so a few anchors with many positives (a big class in
     an otherwise P×K batch) do not send their whole block down the sorted branch."""
     R, C = terms.shape
     for blk in _row_blocks(R, C):
         npos = np.count_nonzero(terms[blk], axis=1)
-        few = (npos > 0) & (npos <= SMALL_K)
-        many = npos > SMALL_K
+        few = (npos > 0) & (npos <= small_k)
+        many = npos > small_k
         nfew, nmany = int(np.count_nonzero(few)), int(np.count_nonzero(many))
         n = blk.stop - blk.start
         for group, count, is_few in ((few, nfew, True), (many, nmany, False)):
@@ -100,17 +100,25 @@ def _row_groups(terms: np.ndarray):
                 yield blk.start + np.flatnonzero(group), is_few
 
 
-def for_row_groups(terms: np.ndarray, inputs, outputs, few, many) -> None:
-    """Run ``few(*inputs[rows], *outputs[rows])`` or ``many(...)`` on each group of
-    :func:`_row_groups`; the branch functions write into the (zeroed) output rows they
-    are given.  Rows without a term are left as they are."""
-    for rows, is_few in _row_groups(terms):
+def for_row_groups(terms: np.ndarray, inputs, outputs, few, many, threaded_small_k=None) -> None:
+    """Run ``few(*inputs[rows], *outputs[rows])`` or ``many(..., threaded)`` on each group
+    of :func:`_row_groups`; the branch functions write into the (zeroed) output rows they
+    are given.  Rows without a term are left as they are.
+
+    ``threaded``: the call is large (``THREAD_MIN_ELEMENTS``) and there are several cores,
+    so the sorted branch runs its sub-blocks in threads; then it beats one pass per term
+    from fewer terms on, and anchors with more than ``min(SMALL_K, threaded_small_k)``
+    terms take it (the hinge kernels: measured at B = 4096, float32, 2 cores)."""
+    threaded = terms.size >= THREAD_MIN_ELEMENTS and cpu_count() > 1
+    small_k = SMALL_K if not threaded or threaded_small_k is None else min(SMALL_K, threaded_small_k)
+    for rows, is_few in _row_groups(terms, small_k):
         ins = [a[rows] for a in inputs]
+        run = few if is_few else (lambda *a: many(*a, threaded))
         if isinstance(rows, slice):
-            (few if is_few else many)(*ins, *[o[rows] for o in outputs])
+            run(*ins, *[o[rows] for o in outputs])
             continue
         outs = [np.zeros((rows.size,) + o.shape[1:], dtype=o.dtype) for o in outputs]
-        (few if is_few else many)(*ins, *outs)
+        run(*ins, *outs)
         for o, t in zip(outputs, outs):
             o[rows] = t
 
@@ -131,8 +139,11 @@ _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)  # the uint32 halves 
 # rows per sub-block of the sorted branch: its dozen (rows, C) temporaries stay in cache
 _SORT_BLOCK_ELEMENTS = 1 << 16
 # the sorted branch runs its sub-blocks in threads (NumPy releases the GIL in sorts and
-# array loops) when a call has at least this many elements; tests set it to 0
+# array loops) when a kernel call has at least this many elements; tests set it to 0
 THREAD_MIN_ELEMENTS = 1 << 20
+# with threads, the hinge kernels sort the rows of more than this many positives (their
+# pass per positive costs about as much as a threaded sort from 10 positives on)
+SMALL_K_THREADED = 10
 
 
 def packable(values: np.ndarray) -> bool:
@@ -210,13 +221,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def sorted_sub_blocks(rows: int, cols: int, fn: Callable[[slice], None]) -> None:
+def sorted_sub_blocks(rows: int, cols: int, fn: Callable[[slice], None], threaded: bool) -> None:
     """``fn(sl)`` for sub-blocks ``sl`` of ``rows`` rows (each at most
-    ``_SORT_BLOCK_ELEMENTS`` elements), in up to ``cpu_count()`` threads when the call is
-    large; ``fn`` writes disjoint rows.  Scratch: a dozen sub-blocks per thread."""
+    ``_SORT_BLOCK_ELEMENTS`` elements), in ``cpu_count()`` threads if ``threaded``; ``fn``
+    writes disjoint rows.  Scratch: a dozen sub-blocks per thread."""
     step = max(1, _SORT_BLOCK_ELEMENTS // max(cols, 1))
     slices = [slice(s, min(rows, s + step)) for s in range(0, rows, step)]
-    workers = min(cpu_count(), len(slices)) if rows * cols >= THREAD_MIN_ELEMENTS else 1
+    workers = min(cpu_count(), len(slices)) if threaded else 1
     if workers <= 1:
         for sl in slices:
             fn(sl)

@@ -118,8 +118,8 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
     out = np.zeros((R, C), dtype=d.dtype)
     count = np.zeros((R, C), dtype=np.int32)
     m = d.dtype.type(margin)
-    _blocks.for_row_groups(pos, (d, pos, neg), (out, count),
-                           lambda *a: _forward_few(*a, m), lambda *a: _forward_many(*a, m))
+    _blocks.for_row_groups(pos, (d, pos, neg), (out, count), lambda *a: _forward_few(*a, m),
+                           lambda *a: _forward_many(*a, m), _blocks.SMALL_K_THREADED)
     return out, count
 
 
@@ -164,13 +164,14 @@ def _hinge_rows(db, pb, nb, m):
     return _blocks.SortedRows(v, pb, nb)
 
 
-def _forward_many(db, pb, nb, out, count, m):
+def _forward_many(db, pb, nb, out, count, threaded, m):
     """Many positives per anchor: per row, the thresholds and the negatives sorted
     together once; a running count and sum of the negatives give every threshold's
     ``#{n: d(a,n) < τ}`` and ``Σ d(a,n)`` over them, with no search."""
     if db.dtype != np.float32:
         return _forward_rows(db, pb, nb, out, count, m)
-    _blocks.sorted_sub_blocks(*db.shape, lambda sl: _forward_sorted(db[sl], pb[sl], nb[sl], out[sl], count[sl], m))
+    _blocks.sorted_sub_blocks(*db.shape, lambda sl: _forward_sorted(db[sl], pb[sl], nb[sl], out[sl], count[sl], m),
+                              threaded)
 
 
 def _forward_sorted(db, pb, nb, out, count, m):
@@ -223,8 +224,8 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin,
     out = np.zeros((R, C), dtype=d.dtype)
     m = d.dtype.type(margin)
     grad = np.broadcast_to(grad, (R, C))
-    _blocks.for_row_groups(pos, (d, pos, neg, grad, count), (out,),
-                           lambda *a: _backward_few(*a, m), lambda *a: _backward_many(*a, m))
+    _blocks.for_row_groups(pos, (d, pos, neg, grad, count), (out,), lambda *a: _backward_few(*a, m),
+                           lambda *a: _backward_many(*a, m), _blocks.SMALL_K_THREADED)
     return out
 
 
@@ -249,14 +250,14 @@ def _backward_few(db, pb, nb, gb, cb, ob, m):
     ob -= acc
 
 
-def _backward_many(db, pb, nb, gb, cb, ob, m):
+def _backward_many(db, pb, nb, gb, cb, ob, threaded, m):
     """Many positives per anchor: the keys of :func:`_forward_many`; a reverse running
     sum of the thresholds' grads gives every negative its ``Σ grad`` over the thresholds
     above it."""
     if db.dtype != np.float32:
         return _backward_rows(db, pb, nb, gb, cb, ob, m)
     _blocks.sorted_sub_blocks(
-        *db.shape, lambda sl: _backward_sorted(db[sl], pb[sl], nb[sl], gb[sl], cb[sl], ob[sl], m))
+        *db.shape, lambda sl: _backward_sorted(db[sl], pb[sl], nb[sl], gb[sl], cb[sl], ob[sl], m), threaded)
 
 
 def _backward_sorted(db, pb, nb, gb, cb, ob, m):

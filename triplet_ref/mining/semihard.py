@@ -103,7 +103,7 @@ def _few_terms(db, nb, tb, chosen, semi):
     semi[r, c] = ST[r, slot]
 
 
-def _many_terms(db, nb, tb, chosen, semi):
+def _many_terms(db, nb, tb, chosen, semi, threaded):
     """Many terms per anchor, float32: per row the keys ``(distance, category, column)``
     sorted once, a negative before a term of equal distance (:mod:`._blocks`).  The
     nearest negative strictly beyond a term is the first negative after it in that order
@@ -111,7 +111,8 @@ def _many_terms(db, nb, tb, chosen, semi):
     negatives' positions gives it for every term at once."""
     if db.dtype != np.float32:
         return _per_row(db, nb, tb, chosen, semi)
-    _blocks.sorted_sub_blocks(*db.shape, lambda sl: _sorted_block(db[sl], nb[sl], tb[sl], chosen[sl], semi[sl]))
+    _blocks.sorted_sub_blocks(*db.shape, lambda sl: _sorted_block(db[sl], nb[sl], tb[sl], chosen[sl], semi[sl]),
+                              threaded)
 
 
 def _sorted_block(db, nb, tb, chosen, semi):
