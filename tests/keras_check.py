@@ -46,6 +46,13 @@ for name, kw in online.items():
     loss = getattr(tk, name)(**kw)
     out["online"][name] = [num(loss(y, x)), num(loss(y.astype(np.float32)[:, None], x)),
                            num(loss(y.astype(np.int32)[:, None], x))]
+# chunk_size= passes through (blocks of 5, 5 and 2 anchors; torch only: eager JAX compiles
+# every block's operations, 15 s more); in the config when given
+if out["backend"] == "torch":
+    out["online_chunked"] = {name: num(getattr(tk, name)(**kw, chunk_size=5)(y, x)) for name, kw in online.items()}
+chunked = tk.BatchHardLoss(margin=0.25, chunk_size=4)
+out["chunked_config"] = [chunked.get_config(),
+                         keras.losses.deserialize(keras.losses.serialize(chunked)).get_config()]
 t = rng.standard_normal((6, 3, 4)).astype(np.float32)
 out["inputs"]["t"] = t.tolist()
 out["triplet"] = num(tk.TripletLoss(margin=0.3, metric="cosine")(np.zeros(6), t))
@@ -58,6 +65,7 @@ out["errors"] = {
     "same": error_of(lambda: tk.ContrastiveLoss()(same * 2, t[:, :2, :])),
     "weights": error_of(lambda: tk.BatchHardLoss()(y, x, sample_weight=np.ones(12))),
     "metric": error_of(lambda: tk.BatchHardLoss(metric="l2")),
+    "chunk_size": error_of(lambda: tk.BatchAllLoss(chunk_size=-2)),
     "triplet_shape": error_of(lambda: tk.TripletLoss()(np.zeros(6), t[:, :2, :])),
 }
 real_backend = keras.backend.backend

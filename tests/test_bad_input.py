@@ -521,3 +521,23 @@ def test_float16_sum_beyond_its_range_is_inf_and_the_mean_is_not(xp):
     assert float(xp.to_numpy(out)) == math.inf
     mean = tr.batch_all(xp.asarray(y), xp.asarray(x, "float16"))
     np.testing.assert_allclose(float(xp.to_numpy(mean)), want_mean, rtol=2**-10)
+
+
+def test_batch_loss_docstrings_show_the_shared_keyword_block():
+    """The keyword block shared by the batch losses is written once (losses/_pairs.py) and
+    assembled into each docstring: ``help()`` shows it whole, with the loss's own note."""
+    import pydoc
+
+    notes = {tr.batch_all: '"none"`` is then ``(B, R)',
+             tr.batch_hard: "the info indices are then over the ``R`` reference rows",
+             tr.batch_semihard: "``semihard_negative`` are then ``(B, R)",
+             tr.batch_contrastive: '"mean"`` divides by ``B·R'}
+    for fn, note in notes.items():
+        text = pydoc.render_doc(fn, renderer=pydoc.plaintext)
+        assert "{scaling}" not in text and "{ref_note}" not in text
+        for key in ("ref_embeddings, ref_labels: a reference set", "process_group: a ``torch.distributed``",
+                    "axis_name: a JAX mapped axis name", "chunk_size: ``None``", "backend: ``None``"):
+            assert text.count(key) == 1, (fn.__name__, key)
+        assert note in text, fn.__name__
+        # the block is indented like the other arguments
+        assert "\n      chunk_size: ``None``" in fn.__doc__, fn.__name__

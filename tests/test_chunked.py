@@ -7,7 +7,7 @@ import pytest
 
 import triplet_ref as tr
 
-from loss_helpers import ONLINE, assert_close, check_array_result, check_info
+from loss_helpers import ONLINE, ONLINE_BY_ID, assert_close, check_array_result, check_info
 
 _RNG = np.random.default_rng(9)
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 3, 1])  # class 3 is a singleton: an invalid anchor
@@ -78,13 +78,25 @@ def test_chunked_jax_jit_gradients_equal_unchunked(losses):
     np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
-def test_chunk_size_bad_input():
+def test_chunk_size_bad_input(monkeypatch):
     with pytest.raises(ValueError, match="chunk_size"):
-        tr.batch_hard(Y, X, chunk_size=0)
+        tr.batch_hard(Y, X, chunk_size=-1)
+    monkeypatch.setenv("TRIPLET_REF_MEMORY_BUDGET", "1GiB")
+    with pytest.raises(ValueError, match="TRIPLET_REF_MEMORY_BUDGET"):
+        tr.batch_hard(Y, X)
+    monkeypatch.setenv("TRIPLET_REF_MEMORY_BUDGET", "0")
+    with pytest.raises(ValueError, match="TRIPLET_REF_MEMORY_BUDGET"):
+        tr.batch_hard(Y, X)
     with pytest.raises(TypeError, match="chunk_size"):
         tr.batch_all(Y, X, chunk_size=2.0)
-    with pytest.raises(ValueError, match="chunk_size cannot be combined"):
+    # chunk_size goes with process_group/axis_name (tests/test_distributed.py); their own
+    # checks still apply
+    with pytest.raises(TypeError, match="axis_name: a JAX mapped axis needs JAX arrays"):
         tr.batch_semihard(Y, X, chunk_size=2, axis_name="i")
+    with pytest.raises(ValueError, match="ref_embeddings/ref_labels cannot be combined with process_group"):
+        tr.batch_all(Y, X, chunk_size=2, ref_embeddings=X, ref_labels=Y, axis_name="i")
+    with pytest.raises(ValueError, match="process_group .* and axis_name .* cannot both"):
+        tr.batch_contrastive(Y, X, chunk_size=2, axis_name="i", process_group=object())
 
 
 def test_chunked_torch_double_backward_raises():
@@ -93,3 +105,85 @@ def test_chunked_torch_double_backward_raises():
     loss = tr.batch_hard(torch.as_tensor(Y), x, 0.6, chunk_size=4)
     with pytest.raises(RuntimeError, match="first-order"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+class _Shape:
+    """Only the shape and dtype that chunk_rows reads."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+
+@pytest.mark.parametrize("B, R, dtype, want", [
+    (4096, None, "float32", None),     # 8 · 4096 · 4096 · 4 bytes = 512 MiB <= 1 GiB: unchunked
+    (4096, None, "float64", None),     # exactly 1 GiB: unchunked
+    (4097, None, "float64", 4095),     # 2**30 // (8 · 4097 · 8)
+    (8192, None, "float32", 4096),
+    (16384, None, "float32", 2048),
+    (65536, None, "float32", 512),
+    (16384, None, "float16", 2048),    # computed in float32
+    (256, 65536, "float32", None),     # a memory bank: 512 rows fit
+    (4096, 65536, "float32", 512),
+])
+def test_chunk_rows_from_the_default_budget(monkeypatch, B, R, dtype, want):
+    from triplet_ref.losses._pairs import chunk_rows
+
+    monkeypatch.delenv("TRIPLET_REF_MEMORY_BUDGET", raising=False)
+    ref = None if R is None else _Shape((R, 8), dtype)
+    assert chunk_rows(None, _Shape((B, 8), dtype), ref) == want
+    assert chunk_rows(0, _Shape((B, 8), dtype), ref) is None
+    assert chunk_rows(7, _Shape((B, 8), dtype), ref) == 7
+    # a distributed call is not chunked by default
+    assert chunk_rows(None, _Shape((B, 8), dtype), None, axis_name="i") is None
+
+
+@pytest.mark.parametrize("loss", ONLINE, ids=repr)
+def test_default_chunk_size_from_budget_matches_oracle(monkeypatch, loss):
+    torch = pytest.importorskip("torch")
+    # 2 rows per block: 8 · 9 · 8 bytes · 2 = 1152
+    monkeypatch.setenv("TRIPLET_REF_MEMORY_BUDGET", "1152")
+    x = torch.tensor(X, requires_grad=True)
+    got = loss.call(torch.as_tensor(Y), x, 0.6)
+    assert_close(got.detach().numpy(), loss.truth(Y, X, 0.6), "float64", loss.id)
+    # chunked: the fused block gradients are first-order only
+    with pytest.raises(RuntimeError, match="first-order"):
+        torch.autograd.grad(got, x, create_graph=True)
+    # chunk_size=0: today's unchunked path, which has a double backward
+    x0 = torch.tensor(X, requires_grad=True)
+    (g,) = torch.autograd.grad(loss.call(torch.as_tensor(Y), x0, 0.6, chunk_size=0), x0, create_graph=True)
+    (g1,) = torch.autograd.grad(got, x)
+    np.testing.assert_allclose(g1.numpy(), g.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("fw", ["numpy", "torch"])
+def test_block_distances_every_metric_match_oracle(fw, metric):
+    """The fused block kernels (NumPy in place, torch autograd.Function) against the
+    oracle, with a duplicated row (its own column exactly 0, the duplicate's a residue)."""
+    x = np.concatenate([X, X[:1] * 1.0])
+    y = np.concatenate([Y, Y[:1]])
+    for name in ("batch_all", "batch_hard", "batch_semihard"):
+        loss = ONLINE_BY_ID[name]
+        want = loss.truth(y, x, 0.6, metric=metric, reduction="none")
+        xin = x if fw == "numpy" else pytest.importorskip("torch").tensor(x)
+        got = loss.call(y, xin, 0.6, metric=metric, reduction="none", chunk_size=3)
+        assert_close(np.asarray(got), want, "float64", f"{fw} {name} {metric}")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_block_distances_torch_gradients_detached_reference(metric):
+    """torch: the block kernel's backward with a reference set that needs no gradient (a
+    memory bank) and with the batch itself, against the unchunked call."""
+    torch = pytest.importorskip("torch")
+    y, r, ry = torch.as_tensor(Y), torch.tensor(RX), torch.as_tensor(RY)
+    for loss in ONLINE:
+        if not loss.has_metric and metric != "euclidean":
+            continue
+        grads = []
+        for chunk in (0, 4):
+            x = torch.tensor(X, requires_grad=True)
+            a = loss.call(y, x, 0.6, metric=metric, chunk_size=chunk, ref_embeddings=r, ref_labels=ry)
+            b = loss.call(y, x, 0.6, metric=metric, chunk_size=chunk)
+            grads.append(torch.autograd.grad(a + 0.5 * b, x)[0].numpy())
+        np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12, err_msg=f"{loss.id} {metric}")
+        assert np.any(grads[0] != 0)

@@ -231,11 +231,12 @@ def _check_nan(case, ex):
     xb = B.get_backend(case.name).from_numpy(ex.x, dtype=case.dtype)
     y = ex.labels
     for fn, kw in _ONLINE:
+        m = ex.margin_e if fn is tr.batch_contrastive else ex.margin  # contrastive: euclidean units
         for red in ("mean", "sum", "none"):
-            out = _np(case, fn(y, xb, ex.margin, reduction=red, **kw(ex)))
+            out = _np(case, fn(y, xb, m, reduction=red, **kw(ex)))
             if not np.isnan(out).all():
                 raise Mismatch(f"{fn.__name__}{kw(ex)} {red}: non-finite input gave {out}")
-        want = getattr(O, fn.__name__)(y, ex.x, ex.margin, **kw(ex))
+        want = getattr(O, fn.__name__)(y, ex.x, m, **kw(ex))
         if not math.isnan(want):
             raise Mismatch(f"oracle {fn.__name__}: non-finite input gave {want}")
     xb2 = B.get_backend(case.name).from_numpy(np.roll(ex.x, 1, axis=0), dtype=case.dtype)

@@ -60,6 +60,8 @@ def test_values_equal_the_oracles_for_every_label_form(run):
     for name, value in want.items():
         got = r["online"][name]  # int64 (B,), float32 (B, 1), int32 (B, 1) labels
         assert got == pytest.approx([value] * 3, rel=1e-5), name
+        if r["backend"] == "torch":  # chunk_size=5
+            assert r["online_chunked"][name] == pytest.approx(value, rel=1e-5), name
     t = np.array(r["inputs"]["t"])
     assert r["triplet"] == pytest.approx(O.triplet_loss(t[:, 0], t[:, 1], t[:, 2], 0.3, metric="cosine"), rel=1e-5)
     same = [1, 0, 0, 1, 1, 0]
@@ -76,6 +78,7 @@ def test_errors_name_the_argument(run):
     assert e["same"].startswith("ValueError: y_true: expected 0 or 1")
     assert e["weights"].startswith("ValueError: sample_weight:")
     assert e["metric"].startswith("ValueError: metric:")
+    assert e["chunk_size"].startswith("ValueError: chunk_size:")
     assert e["triplet_shape"].startswith("ValueError: y_pred: expected shape (N, 3, D)")
     assert "'tensorflow' is not supported" in e["tensorflow"]
 
@@ -88,6 +91,9 @@ def test_config_round_trip(run):
         assert back == name and same and cfg["margin"] == 0.25
     assert configs["BatchHardLoss"][0] == {"name": "batch_hard_loss", "margin": 0.25, "metric": "euclidean",
                                            "soft": False}
+    cfg, back = run[1]["chunked_config"]
+    assert cfg == back == {"name": "batch_hard_loss", "margin": 0.25, "metric": "euclidean", "soft": False,
+                           "chunk_size": 4}
 
 
 def test_fit_save_load(run):

@@ -406,3 +406,19 @@ def test_softplus_above_20_is_not_truncated(xp):
     got = float(xp.to_numpy(tr.batch_hard(y, x, 0.0, soft=True)))
     want = O.batch_hard(y, [[0.0], [21.0], [0.0]], 0.0, soft=True)
     assert abs(got - want) <= 1e-14 * abs(want)
+
+
+def test_contrastive_square_that_overflows_is_inf(xp):
+    """A hinge ``max(m - e, 0)`` whose square overflows the dtype gives ``inf`` on every
+    backend, and the oracles agree (they squared with ``** 2``, which raises
+    ``OverflowError`` in Python; found by the slow fuzz run with a margin of 1e155)."""
+    y, rows, m = [0, 1], [[0.0], [1.0]], 1e155
+    want = O.batch_contrastive(y, rows, m)
+    assert want == float("inf")
+    got = float(xp.to_numpy(tr.batch_contrastive(y, xp.asarray(rows, dtype="float64"), m)))
+    assert got == want
+    same = np.array([False])
+    want = O.contrastive_loss([[0.0]], [[1.0]], same, m)
+    assert want == float("inf")
+    a, b = (xp.asarray(r, dtype="float64") for r in ([[0.0]], [[1.0]]))
+    assert float(xp.to_numpy(tr.contrastive_loss(a, b, same, m))) == want

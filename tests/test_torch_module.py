@@ -49,6 +49,67 @@ def test_module_equals_function_and_oracle(cls, fn, oracle, opts):
     assert got.item() == pytest.approx(oracle(y, x, 0.7, **opts), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("cls, fn, oracle, opts", ONLINE, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_module_scaling_keywords_equal_the_function(cls, fn, oracle, opts):
+    """``chunk_size=`` at construction and a reference set in ``forward``
+    (``ref_embeddings``/``ref_labels``, or ``ref=`` a memory bank): the function's value
+    and gradient, and the oracle's value."""
+    from triplet_ref.torch import MemoryBank
+
+    y, x = _batch("pk4", B=12)
+    ry, r = _batch("random_singletons", B=7, seed=1)
+    # chunked (blocks of 5, 5 and 2 anchors)
+    xt = torch.tensor(x, requires_grad=True)
+    got = cls(0.7, chunk_size=5, **opts)(xt, torch.tensor(y))
+    got.backward()
+    xf = torch.tensor(x, requires_grad=True)
+    want = fn(y, xf, 0.7, chunk_size=5, **opts)
+    want.backward()
+    assert got.item() == want.item()
+    torch.testing.assert_close(xt.grad, xf.grad, rtol=0, atol=0)
+    assert got.item() == pytest.approx(oracle(y, x, 0.7, **opts), rel=1e-9, abs=1e-12)
+    # a reference set, given as arrays and as a memory bank holding it
+    want_ref = oracle(y, x, 0.7, ref_embeddings=r, ref_labels=ry, **opts)
+    module = cls(0.7, chunk_size=5, **opts)
+    bank = MemoryBank(7, 4, dtype=torch.float64)
+    bank.enqueue(torch.tensor(r), torch.tensor(ry))
+    for kw in ({"ref_embeddings": torch.tensor(r), "ref_labels": torch.tensor(ry)}, {"ref": bank},
+               {"ref": bank._state()}):
+        xt = torch.tensor(x, requires_grad=True)
+        got = module(xt, torch.tensor(y), **kw)
+        got.backward()
+        xf = torch.tensor(x, requires_grad=True)
+        want = fn(y, xf, 0.7, chunk_size=5, ref_embeddings=r, ref_labels=ry, **opts)
+        want.backward()
+        assert got.item() == want.item(), kw
+        torch.testing.assert_close(xt.grad, xf.grad, rtol=0, atol=0)
+        assert got.item() == pytest.approx(want_ref, rel=1e-9, abs=1e-12)
+
+
+def test_module_scaling_keywords_bad_input():
+    from triplet_ref.torch import MemoryBank
+
+    y, x = _batch("pk4", B=8)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    with pytest.raises(ValueError, match="ref: the memory bank is empty"):
+        BatchHardLoss()(xt, yt, ref=MemoryBank(4, 4, dtype=torch.float64))
+    bank = MemoryBank(8, 4, dtype=torch.float64)
+    bank.enqueue(xt, yt)
+    with pytest.raises(ValueError, match="ref: pass a memory bank as ref= or a reference set"):
+        BatchAllLoss()(xt, yt, ref=bank, ref_embeddings=xt)
+    with pytest.raises(TypeError, match="ref: expected a triplet_ref.torch.MemoryBank"):
+        BatchSemiHardLoss()(xt, yt, ref=(xt, yt))
+    with pytest.raises(TypeError, match="chunk_size"):
+        BatchAllLoss(chunk_size=2.5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        BatchHardLoss(chunk_size=-1)
+    with pytest.raises(TypeError, match="process_group: expected a torch.distributed ProcessGroup"):
+        BatchContrastiveLoss(process_group="world")
+    # given, the keywords show in the repr; not given, the repr is as before
+    assert repr(BatchContrastiveLoss(0.5, chunk_size=64)) == (
+        "BatchContrastiveLoss(margin=0.5, reduction='mean', return_info=False, chunk_size=64)")
+
+
 def test_module_options_pass_through():
     y, x = _batch("pk4", B=12)
     xt = torch.tensor(x)

@@ -234,7 +234,7 @@ def cross_distance_matrix(ctx: Context, x, r, metric: str):
         g = unit(pow2_scaled_rows(xp, x)) @ unit(pow2_scaled_rows(xp, r)).T
         two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)
         return xp.minimum(xp.maximum(one - g, zero), two)
-    x0 = x[:1, :]
+    x0 = x[:1, :] if x.shape[0] else r[:1, :]  # no anchor: one rank's share of a global batch
     xc, rc = x - x0, r - x0
     G = xc @ rc.T
     two = xp.asarray(2.0, dtype=x.dtype, device=ctx.device)

@@ -24,8 +24,9 @@ labels are whole numbers and cast them to int32. A non-integer label raises ``Va
 when the values are concrete; under ``jit`` (Keras' jax ``fit``), where they are traced
 and cannot be checked, it makes the loss NaN instead (never a silently wrong number).
 
-The value is one number per batch (the function's ``"mean"``): Keras' ``reduction`` does
-not apply, and ``sample_weight`` (or ``class_weight`` in ``fit``) raises ``ValueError``.
+The four batch losses take ``chunk_size=`` (the function's: anchors in row blocks; in the
+config when given). The value is one number per batch (the function's ``"mean"``): Keras'
+``reduction`` does not apply, and ``sample_weight`` (or ``class_weight`` in ``fit``) raises ``ValueError``.
 Every loss is registered for serialisation (``get_config`` / ``from_config``, package
 ``"triplet_ref"``), so a compiled model saves and loads with its loss.
 """
@@ -39,6 +40,7 @@ from keras import ops
 from . import losses as _losses
 from .backends._base import check_choice, check_margin
 from .distances import METRICS
+from .losses._pairs import check_chunk_size
 
 __all__ = [
     "BatchAllLoss",
@@ -119,6 +121,10 @@ class _TripletRefLoss(keras.losses.Loss):
         check_margin(margin)
         if "metric" in options:
             check_choice(options["metric"], "metric", METRICS)
+        if options.get("chunk_size", 0) is None:  # not given: the config stays as before
+            del options["chunk_size"]
+        if "chunk_size" in options:
+            check_chunk_size(options["chunk_size"])
         if "soft" in options and not isinstance(options["soft"], bool):
             raise TypeError(f"soft: expected a bool, got {type(options['soft']).__name__}")
         super().__init__(name=name, reduction=None, dtype=dtype)
@@ -166,8 +172,8 @@ class BatchAllLoss(_OnlineLoss):
     _fn = staticmethod(_losses.batch_all)
 
     def __init__(self, margin: float = 1.0, metric: str = "euclidean", soft: bool = False,
-                 name: str = "batch_all_loss", dtype: Any = None):
-        super().__init__(margin, name, dtype, metric=metric, soft=soft)
+                 name: str = "batch_all_loss", dtype: Any = None, chunk_size: int | None = None):
+        super().__init__(margin, name, dtype, metric=metric, soft=soft, chunk_size=chunk_size)
 
 
 @_register
@@ -177,8 +183,8 @@ class BatchHardLoss(_OnlineLoss):
     _fn = staticmethod(_losses.batch_hard)
 
     def __init__(self, margin: float = 1.0, metric: str = "euclidean", soft: bool = False,
-                 name: str = "batch_hard_loss", dtype: Any = None):
-        super().__init__(margin, name, dtype, metric=metric, soft=soft)
+                 name: str = "batch_hard_loss", dtype: Any = None, chunk_size: int | None = None):
+        super().__init__(margin, name, dtype, metric=metric, soft=soft, chunk_size=chunk_size)
 
 
 @_register
@@ -189,8 +195,8 @@ class BatchSemiHardLoss(_OnlineLoss):
     _fn = staticmethod(_losses.batch_semihard)
 
     def __init__(self, margin: float = 1.0, metric: str = "euclidean",
-                 name: str = "batch_semihard_loss", dtype: Any = None):
-        super().__init__(margin, name, dtype, metric=metric)
+                 name: str = "batch_semihard_loss", dtype: Any = None, chunk_size: int | None = None):
+        super().__init__(margin, name, dtype, metric=metric, chunk_size=chunk_size)
 
 
 @_register
@@ -199,8 +205,9 @@ class BatchContrastiveLoss(_OnlineLoss):
 
     _fn = staticmethod(_losses.batch_contrastive)
 
-    def __init__(self, margin: float = 1.0, name: str = "batch_contrastive_loss", dtype: Any = None):
-        super().__init__(margin, name, dtype)
+    def __init__(self, margin: float = 1.0, name: str = "batch_contrastive_loss", dtype: Any = None,
+                 chunk_size: int | None = None):
+        super().__init__(margin, name, dtype, chunk_size=chunk_size)
 
 
 @_register

@@ -187,6 +187,12 @@ def hinge(x: float) -> float:
     return x if x > 0.0 else 0.0
 
 
+def _square(x: float) -> float:
+    """``x²`` in IEEE arithmetic: ``inf`` when it overflows (Python's ``x ** 2`` raises
+    ``OverflowError`` instead, where every array backend gives ``inf``)."""
+    return x * x
+
+
 def softplus(x: float) -> float:
     """``log(1 + e^x)`` computed as ``log1p(exp(-|x|)) + max(x, 0)``: never overflows."""
     if math.isnan(x):
@@ -708,7 +714,7 @@ def batch_contrastive(
             if self_ref and i == j:
                 continue
             e = d[i][j]
-            l = e * e if y[i] == ry[j] else hinge(m - e) ** 2
+            l = e * e if y[i] == ry[j] else _square(hinge(m - e))
             per_pair[i][j] = 0.5 * l
             terms.append(l)
             if l > 0.0:
@@ -811,7 +817,7 @@ def contrastive_loss(
     terms = []
     for u, v, si in zip(r1, r2, sv):
         e = _euclidean(u, v)
-        terms.append(0.5 * (si * e * e + (1.0 - si) * hinge(m - e) ** 2))
+        terms.append(0.5 * (si * e * e + (1.0 - si) * _square(hinge(m - e))))
     if reduction == "none":
         return np.array(terms, dtype=np.float64)
     nan_input = _has_nan(r1) or _has_nan(r2) or _has_nan([sv])

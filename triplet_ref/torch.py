@@ -20,6 +20,12 @@ framework. Each module calls the function of the same name, so its value, gradie
 | ``TripletLoss`` | ``(anchor, positive, negative)`` | ``triplet_loss`` |
 | ``ContrastiveLoss`` | ``(x1, x2, same)`` | ``contrastive_loss`` |
 
+**Scaling** (docs/scaling.md): the four batch-loss modules take ``process_group=`` and
+``chunk_size=`` at construction (passed to the function on every call) and a reference set
+in ``forward``: ``loss(emb, y, ref_embeddings=r, ref_labels=ry)``, or ``loss(emb, y,
+ref=bank)`` with a :class:`MemoryBank` (or a functional ``triplet_ref.memory.Memory``),
+whose filled rows are the reference set (an empty bank is a ValueError).
+
 **Learnable margin** (``learn_margin=True``): the margin becomes a 0-d float32
 ``torch.nn.Parameter`` named ``margin`` (in ``parameters()`` and the ``state_dict``), used as
 ``margin.clamp(min=0)``. Every function propagates its gradient: ``dL/dm`` is the number of
@@ -42,6 +48,7 @@ from . import losses as _losses
 from .backends._base import check_choice, check_margin
 from .distances import METRICS
 from .losses._common import REDUCTIONS
+from .losses._pairs import check_chunk_size
 from .sampler import PKSampler
 
 __all__ = [
@@ -66,6 +73,13 @@ class _MarginLoss(torch.nn.Module):
         check_margin(margin)
         if not isinstance(learn_margin, bool):
             raise TypeError(f"learn_margin: expected a bool, got {type(learn_margin).__name__}")
+        for key in ("process_group", "chunk_size"):  # only when given: repr and calls as before
+            if key in options and options[key] is None:
+                del options[key]
+        if "chunk_size" in options:
+            check_chunk_size(options["chunk_size"])
+        if "process_group" in options:
+            _check_process_group(options["process_group"])
         if "metric" in options:
             check_choice(options["metric"], "metric", METRICS)
         if "reduction" in options:
@@ -93,11 +107,47 @@ class _MarginLoss(torch.nn.Module):
 
 
 class _OnlineLoss(_MarginLoss):
-    def forward(self, embeddings: torch.Tensor, labels: Any):
+    def forward(self, embeddings: torch.Tensor, labels: Any, *, ref: Any = None,
+                ref_embeddings: Any = None, ref_labels: Any = None):
         """``embeddings`` ``(B, D)`` floating, ``labels`` ``(B,)`` integer. Returns the 0-d loss
-        (``(B,)`` or ``(B, B)`` for ``reduction="none"``), ``(loss, info)`` with ``return_info``."""
+        (``(B,)``, ``(B, B)`` or ``(B, R)`` for ``reduction="none"``), ``(loss, info)`` with
+        ``return_info``.
+
+        ``ref_embeddings`` ``(R, D)`` / ``ref_labels`` ``(R,)``: the anchors mine against this
+        reference set (as the function's keywords).  ``ref``: a :class:`MemoryBank` or a
+        ``triplet_ref.memory.Memory``, whose filled rows are the reference set (ValueError
+        while it is empty; not with ``ref_embeddings``/``ref_labels``)."""
         _check_order(type(self).__name__, embeddings, labels)
-        return type(self)._fn(labels, embeddings, self._margin(), **self.options)
+        if ref is not None:
+            if ref_embeddings is not None or ref_labels is not None:
+                raise ValueError("ref: pass a memory bank as ref= or a reference set as "
+                                 "ref_embeddings=/ref_labels=, not both")
+            ref_embeddings, ref_labels = _reference_of(ref)
+        return type(self)._fn(labels, embeddings, self._margin(), ref_embeddings=ref_embeddings,
+                              ref_labels=ref_labels, **self.options)
+
+
+def _reference_of(ref: Any):
+    """``(ref_embeddings, ref_labels)``: the filled rows of a memory bank."""
+    if isinstance(ref, MemoryBank):
+        r, ry = ref.contents()
+    elif isinstance(ref, _memory.Memory):
+        r, ry = _memory.memory_contents(ref)
+    else:
+        raise TypeError(f"ref: expected a triplet_ref.torch.MemoryBank or a triplet_ref.memory.Memory, "
+                        f"got {type(ref).__name__} (a reference set goes as ref_embeddings=/ref_labels=)")
+    if r is None:
+        raise ValueError("ref: the memory bank is empty (nothing enqueued yet): skip the reference "
+                         "term while bank.count == 0, or enqueue a batch first")
+    return r, ry
+
+
+def _check_process_group(group: Any) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"process_group: expected a torch.distributed ProcessGroup (e.g. "
+                        f"torch.distributed.group.WORLD), got {type(group).__name__}")
 
 
 def _check_order(name: str, embeddings: Any, labels: Any) -> None:
@@ -113,59 +163,67 @@ class BatchAllLoss(_OnlineLoss):
     """``triplet_ref.batch_all`` as a module: every valid triplet, Σ l / #(l > 0).
 
     ``BatchAllLoss(margin=1.0, *, metric="euclidean", soft=False, reduction="mean",
-    return_info=False, learn_margin=False)``; called ``(embeddings (B, D), labels (B,))``.
+    return_info=False, learn_margin=False, process_group=None, chunk_size=None)``;
+    called ``(embeddings (B, D), labels (B,))`` (a reference set: see ``forward``).
     """
 
     _fn = staticmethod(_losses.batch_all)
 
     def __init__(self, margin: float = 1.0, *, metric: str = "euclidean", soft: bool = False,
-                 reduction: str = "mean", return_info: bool = False, learn_margin: bool = False):
+                 reduction: str = "mean", return_info: bool = False, learn_margin: bool = False,
+                 process_group: Any = None, chunk_size: int | None = None):
         super().__init__(margin, learn_margin, metric=metric, soft=soft, reduction=reduction,
-                         return_info=return_info)
+                         return_info=return_info, process_group=process_group, chunk_size=chunk_size)
 
 
 class BatchHardLoss(_OnlineLoss):
     """``triplet_ref.batch_hard`` as a module: hardest positive vs hardest negative per anchor.
 
     ``BatchHardLoss(margin=1.0, *, metric="euclidean", soft=False, reduction="mean",
-    return_info=False, learn_margin=False)``; called ``(embeddings (B, D), labels (B,))``.
+    return_info=False, learn_margin=False, process_group=None, chunk_size=None)``;
+    called ``(embeddings (B, D), labels (B,))`` (a reference set: see ``forward``).
     """
 
     _fn = staticmethod(_losses.batch_hard)
 
     def __init__(self, margin: float = 1.0, *, metric: str = "euclidean", soft: bool = False,
-                 reduction: str = "mean", return_info: bool = False, learn_margin: bool = False):
+                 reduction: str = "mean", return_info: bool = False, learn_margin: bool = False,
+                 process_group: Any = None, chunk_size: int | None = None):
         super().__init__(margin, learn_margin, metric=metric, soft=soft, reduction=reduction,
-                         return_info=return_info)
+                         return_info=return_info, process_group=process_group, chunk_size=chunk_size)
 
 
 class BatchSemiHardLoss(_OnlineLoss):
     """``triplet_ref.batch_semihard`` as a module: each positive pair vs its semi-hard negative.
 
     ``BatchSemiHardLoss(margin=1.0, *, metric="euclidean", reduction="mean", return_info=False,
-    learn_margin=False)``; called ``(embeddings (B, D), labels (B,))``.
+    learn_margin=False, process_group=None, chunk_size=None)``;
+    called ``(embeddings (B, D), labels (B,))`` (a reference set: see ``forward``).
     """
 
     _fn = staticmethod(_losses.batch_semihard)
 
     def __init__(self, margin: float = 1.0, *, metric: str = "euclidean", reduction: str = "mean",
-                 return_info: bool = False, learn_margin: bool = False):
+                 return_info: bool = False, learn_margin: bool = False, process_group: Any = None,
+                 chunk_size: int | None = None):
         super().__init__(margin, learn_margin, metric=metric, reduction=reduction,
-                         return_info=return_info)
+                         return_info=return_info, process_group=process_group, chunk_size=chunk_size)
 
 
 class BatchContrastiveLoss(_OnlineLoss):
     """``triplet_ref.batch_contrastive`` as a module: every ordered pair, euclidean.
 
     ``BatchContrastiveLoss(margin=1.0, *, reduction="mean", return_info=False,
-    learn_margin=False)``; called ``(embeddings (B, D), labels (B,))``.
+    learn_margin=False, process_group=None, chunk_size=None)``;
+    called ``(embeddings (B, D), labels (B,))`` (a reference set: see ``forward``).
     """
 
     _fn = staticmethod(_losses.batch_contrastive)
 
     def __init__(self, margin: float = 1.0, *, reduction: str = "mean", return_info: bool = False,
-                 learn_margin: bool = False):
-        super().__init__(margin, learn_margin, reduction=reduction, return_info=return_info)
+                 learn_margin: bool = False, process_group: Any = None, chunk_size: int | None = None):
+        super().__init__(margin, learn_margin, reduction=reduction, return_info=return_info,
+                         process_group=process_group, chunk_size=chunk_size)
 
 
 class TripletLoss(_MarginLoss):

@@ -1,40 +1,41 @@
 """One rank of the torch.distributed (gloo) global-batch test; run by tests/test_distributed.py.
 
-``python torch_ddp_worker.py RANK WORLD INIT_FILE OUT_DIR SIZES``: every rank builds the same
-global batch and model, takes its (uneven) slice of rows, wraps the model in DDP and, for
-every loss, writes the loss values, this rank's ``"none"`` rows, the info scalars and the
-parameter gradients after DDP's averaging to ``OUT_DIR/rank{RANK}.json``.  Rank 0 also
-writes the single-process results on the concatenated batch to ``OUT_DIR/single.json``.
+``python torch_ddp_worker.py RANK WORLD INIT_FILE OUT_DIR SPLITS``: ``SPLITS`` is one or more
+per-rank row counts, ``;``-separated (``5,2,7;6,0,8``: two global batches, split unevenly,
+the second with a rank that holds no row), all run in this one process group.  For each
+split every rank builds the same global batch and model, takes its slice of rows, wraps the
+model in DDP and, for every loss, unchunked and with ``chunk_size=2`` (and, in the first
+split, through the torch module built with ``process_group`` and ``chunk_size``), writes the loss
+values, this rank's ``"none"`` rows, the info scalars and the parameter gradients after
+DDP's averaging to ``OUT_DIR/rank{RANK}_{SPLIT}.json``.  Rank 0 also writes the
+single-process (unchunked) results on the concatenated batch to ``OUT_DIR/single_{SPLIT}.json``.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 import triplet_ref as tr
+from _cases import LOSSES, MARGIN, batch, call, info_scalars, selected
+from triplet_ref.torch import BatchAllLoss, BatchContrastiveLoss, BatchHardLoss, BatchSemiHardLoss
 
-LOSSES = {
-    "batch_all": (tr.batch_all, {}),
-    "batch_all_soft": (tr.batch_all, {"soft": True}),
-    "batch_hard": (tr.batch_hard, {}),
-    "batch_hard_soft": (tr.batch_hard, {"soft": True}),
-    "batch_semihard": (tr.batch_semihard, {}),
-    "batch_contrastive": (tr.batch_contrastive, {}),
-}
-INFO_SCALARS = ("num_valid", "num_positive", "fraction_positive", "fraction_semihard",
-                "mean_hardest_positive_dist", "mean_hardest_negative_dist")
+MODULE_OF = {tr.batch_all: BatchAllLoss, tr.batch_hard: BatchHardLoss, tr.batch_semihard: BatchSemiHardLoss,
+             tr.batch_contrastive: BatchContrastiveLoss}
+
+CHUNK = 2
+#: collectives give up after this long: a rank that stops taking part fails the others
+#: instead of hanging them
+TIMEOUT = datetime.timedelta(seconds=90)
 
 
 def data(n):
-    rng = np.random.default_rng(5)
-    x = torch.as_tensor(rng.normal(size=(n, 5)))
-    y = torch.as_tensor(rng.permutation(np.repeat(np.arange(4), [4, 3, 3, n - 10])))
-    return x, y
+    x, y = batch([4, 3, 3, n - 10], 5, seed=5)
+    return torch.as_tensor(x), torch.as_tensor(y)
 
 
 def model():
@@ -42,43 +43,61 @@ def model():
     return torch.nn.Linear(5, 3).double()
 
 
-def run(net, x, y, **kw):
+def run(net, x, y, loss=call):
+    """Per loss: the values, ``"none"`` rows, info scalars and parameter gradients, with
+    ``loss(name, labels, embeddings, **kw)`` (default: the function)."""
     out = {}
-    only = os.environ.get("SCALE_LOSSES")
-    for name, (fn, extra) in LOSSES.items():
-        if only and name not in only.split(","):
-            continue
+    for name in selected(os.environ.get("SCALE_LOSSES")):
         net.zero_grad()
-        emb = net(x)
-        loss, info = fn(y, emb, 0.8, return_info=True, **extra, **kw)
-        loss.backward()
+        value, info = loss(name, y, net(x), return_info=True)
+        value.backward()
         grads = [p.grad.detach().numpy().ravel().tolist() for p in net.parameters()]
         with torch.no_grad():
             emb = net(x)
-            s = fn(y, emb, 0.8, reduction="sum", **extra, **kw)
-            none = fn(y, emb, 0.8, reduction="none", **extra, **kw)
+            s = loss(name, y, emb, reduction="sum")
+            none = loss(name, y, emb, reduction="none")
         out[name] = {
-            "mean": float(loss), "sum": float(s), "none": none.numpy().tolist(),
-            "info": {k: float(v) for k, v in info.items() if k in INFO_SCALARS},
+            "mean": float(value), "sum": float(s), "none": none.numpy().tolist(),
+            "info": {k: float(v) for k, v in info_scalars(info).items()},
             "grads": grads,
         }
     return out
 
 
+def variants(group, module=False):
+    """How each rank calls the losses: ``process_group`` unchunked and chunked (and, with
+    ``module``, the torch module built with both keywords)."""
+    out = {
+        "unchunked": lambda name, y, e, **kw: call(name, y, e, process_group=group, **kw),
+        "chunked": lambda name, y, e, **kw: call(name, y, e, process_group=group, chunk_size=CHUNK, **kw),
+    }
+    if module:
+        def by_module(name, y, e, **kw):
+            fn, extra = LOSSES[name]
+            return MODULE_OF[fn](MARGIN, **extra, **kw, process_group=group, chunk_size=CHUNK)(e, y)
+
+        out["module"] = by_module
+    return out
+
+
 def main():
     rank, world, init, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    sizes = [int(s) for s in sys.argv[5].split(",")]
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-    x, y = data(sum(sizes))
-    start = sum(sizes[:rank])
-    xl, yl = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
-    ddp = torch.nn.parallel.DistributedDataParallel(model())
-    res = run(ddp, xl, yl, process_group=dist.group.WORLD)
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(res, f)
-    if rank == 0:
-        with open(f"{out_dir}/single.json", "w") as f:
-            json.dump(run(model(), x, y), f)
+    splits = [[int(s) for s in split.split(",")] for split in sys.argv[5].split(";")]
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                            timeout=TIMEOUT)
+    group = dist.group.WORLD
+    for k, sizes in enumerate(splits):
+        assert len(sizes) == world, (sizes, world)
+        x, y = data(sum(sizes))
+        start = sum(sizes[:rank])
+        xl, yl = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
+        ddp = torch.nn.parallel.DistributedDataParallel(model())
+        res = {k: run(ddp, xl, yl, f) for k, f in variants(group, module=k == 0).items()}
+        with open(f"{out_dir}/rank{rank}_{k}.json", "w") as f:
+            json.dump(res, f)
+        if rank == 0:
+            with open(f"{out_dir}/single_{k}.json", "w") as f:
+                json.dump(run(model(), x, y), f)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -79,6 +79,13 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.where(pos, xp.sqrt(xp.where(pos, x, one)), zero)
 
+    def block_distances(self, xp, xb, X, squared: bool, offset: int):
+        """The ``(b, R)`` euclidean (or squared) distances from the anchors ``xb`` of one row
+        block to the candidates ``X``, with ``d(i, offset + i) = 0`` when ``offset >= 0``
+        (the anchor itself, when ``X`` is the batch): a fused native kernel, or None for
+        the portable formula (``distances.cross_distance_matrix``)."""
+        return None
+
     def clamp_min0(self, xp, x):
         """max(x, 0) (a fresh array; the gradient is 0 where x < 0)."""
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
@@ -98,12 +105,9 @@ class Backend:
         """Stable ascending argsort along the last axis (ties keep index order)."""
         return xp.argsort(x, axis=-1, stable=True)
 
-    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left", where=None):
+    def searchsorted_rows(self, xp, sorted_rows, values, side: str = "left"):
         """Row-wise searchsorted: ``out[i, j]`` = insertion index of ``values[i, j]`` in
-        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n).
-
-        ``where`` (bool, the shape of ``values``) marks the entries the caller uses; a
-        backend may skip the others (their result is then unspecified)."""
+        ``sorted_rows[i]``.  Result in ``[0, sorted_rows.shape[-1]]`` (may equal n)."""
         import array_api_extra as xpx
 
         return xpx.searchsorted(sorted_rows, values, side=side, xp=xp)
@@ -246,10 +250,10 @@ def host_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name}: a ragged nested list (rows of different lengths) is not an array: {exc}") from None
 
 
-def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2):
+def _check_embeddings(xp, emb, name: str = "embeddings", ndim: int = 2, allow_empty: bool = False):
     if emb.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array of shape (B, D), got shape {tuple(emb.shape)}")
-    if emb.shape[0] == 0:
+    if emb.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name}: empty batch (shape {tuple(emb.shape)}); need at least one row")
     try:
         floating = xp.isdtype(emb.dtype, "real floating")
@@ -270,20 +274,22 @@ def _compute_dtype(xp, dtype):
 
 
 def resolve(embeddings: Any, labels: Any = None, backend: Any = None, *,
-            embeddings_name: str = "embeddings"):
+            embeddings_name: str = "embeddings", allow_empty: bool = False):
     """Resolve the backend, convert and validate ``embeddings`` (and ``labels``).
 
     Returns ``(ctx, emb, labels)``: ``emb`` in the compute dtype (float32 for
     float16/bfloat16), ``labels`` an integer array in the same namespace and on the
-    same device (or None when not given).
+    same device (or None when not given).  ``allow_empty``: a ``(0, D)`` batch is
+    accepted (one rank's share of a global batch).
     """
-    ctx, (emb,) = resolve_many([(embeddings, embeddings_name)], backend)
+    ctx, (emb,) = resolve_many([(embeddings, embeddings_name)], backend, allow_empty=allow_empty)
     if labels is None:
         return ctx, emb, None
     return ctx, emb, convert_labels(ctx, labels, emb.shape[0])
 
 
-def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int = 2):
+def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int = 2,
+                 allow_empty: bool = False):
     """Like :func:`resolve` for several embedding-like arrays of equal dtype/backend.
 
     The first array decides the backend when ``backend`` is None.
@@ -308,7 +314,7 @@ def resolve_many(arrays: list[tuple[Any, str]], backend: Any = None, ndim: int =
     device = None
     for x, name in arrays:
         arr = _as_backend_array(x, be, name, device=device)
-        _check_embeddings(xp, arr, name, ndim=ndim)
+        _check_embeddings(xp, arr, name, ndim=ndim, allow_empty=allow_empty)
         if device is None:
             device = be.device_of(arr)
         out.append(arr)

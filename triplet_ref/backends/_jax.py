@@ -214,7 +214,7 @@ class JaxBackend(Backend):
     def argsort_rows(self, xp, x):
         return jnp.argsort(x, axis=-1, stable=True)
 
-    def searchsorted_rows(self, xp, sorted_rows, values, side="left", where=None):
+    def searchsorted_rows(self, xp, sorted_rows, values, side="left"):
         return jax.vmap(lambda s, v: jnp.searchsorted(s, v, side=side))(sorted_rows, values)
 
     def take_rows(self, xp, x, idx):

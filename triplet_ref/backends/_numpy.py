@@ -36,6 +36,24 @@ class NumpyBackend(Backend):
         G += sq[:, None] + sq[None, :]
         return G
 
+    def block_distances(self, xp, xb, X, squared, offset):
+        # no autograd: the (b, R) buffer of the product is finished in place
+        if not (isinstance(xb, np.ndarray) and isinstance(X, np.ndarray)) or xb.dtype.kind != "f":
+            return None
+        x0 = X[:1]
+        xbc = xb - x0
+        Xc = X - x0
+        d = xbc @ Xc.T
+        d *= -2
+        d += np.einsum("ij,ij->i", Xc, Xc)[None, :]
+        d += np.einsum("ij,ij->i", xbc, xbc)[:, None]
+        np.maximum(d, 0, out=d)
+        if offset >= 0 and d.shape[0]:
+            np.fill_diagonal(d[:, offset:offset + d.shape[0]], 0)
+        if not squared:
+            np.sqrt(d, out=d)
+        return d
+
     def sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
         # gram_to_sqdist + refine_sqdist + finish_sqdist fused, one cache-sized block of
         # rows at a time (one pass over G in memory instead of five); G is a fresh,

@@ -54,6 +54,8 @@ class _JaxComm:
     def gather(self, ctx, x, y):
         import jax
 
+        if x.shape[0] == 0:  # equal shards: the global batch is empty too (no all_gather of 0 rows)
+            return x, y, ctx.xp.zeros((), dtype=ctx.backend.index_dtype(ctx.xp), device=ctx.device)
         X = jax.lax.all_gather(x, self.axis_name, tiled=True)
         Y = jax.lax.all_gather(y, self.axis_name, tiled=True)
         idt = ctx.backend.index_dtype(ctx.xp)
@@ -242,6 +244,11 @@ def fused_block_sum(be, run_block, starts, inputs):
         out = out.detach()
         total = out if total is None else total + out
         infos.append({k: v.detach() for k, v in info.items()})
+    for i in need:
+        # a zero gradient, not None: the backward must reach every input on every rank
+        # (the gathered global batch's backward is a collective)
+        if grads[i] is None:
+            grads[i] = torch.zeros_like(inputs[i])
     return _fused_function().apply(total, grads, *inputs), infos
 
 
@@ -263,7 +270,7 @@ def _fused_function():
             def backward(ctx, g):
                 if torch.is_grad_enabled():
                     raise RuntimeError("chunk_size=: the torch gradients of a chunked loss are first-order "
-                                       "only (computed block by block in the forward); use chunk_size=None "
+                                       "only (computed block by block in the forward); use chunk_size=0 "
                                        "for double backward")
                 return (None, None, *[None if gr is None else g * gr for gr in ctx.grads])
 

@@ -270,6 +270,11 @@ class TorchBackend(Backend):
         kind = {distances.sqeuclidean_pairs: "sqeuclidean", distances.cosine_pairs: "cosine"}[pairs]
         return _refine_close_pairs(x, d, w, float(tau), kind)
 
+    def block_distances(self, xp, xb, X, squared, offset):
+        if torch.compiler.is_compiling() or _vmapped(xb) or _vmapped(X):
+            return None  # in-place epilogue: no batching rule, opaque to dynamo
+        return _CrossSq.apply(xb, X, squared, offset)
+
     def finish_sqdist(self, xp, d2, sqrt):
         d2 = torch.clamp_min(d2, 0)
         d2.diagonal().zero_()  # (fill_diagonal_ would specialise torch.compile(dynamic=True) on B)
@@ -281,7 +286,7 @@ class TorchBackend(Backend):
     def argsort_rows(self, xp, x):
         return torch.sort(x, dim=-1, stable=True).indices
 
-    def searchsorted_rows(self, xp, sorted_rows, values, side="left", where=None):
+    def searchsorted_rows(self, xp, sorted_rows, values, side="left"):
         return torch.searchsorted(sorted_rows.contiguous(), values.contiguous(), side=side)
 
     def take_rows(self, xp, x, idx):
@@ -495,3 +500,46 @@ class _PairwiseSq(torch.autograd.Function):
         gx = gxc.clone()
         gx[0] -= gxc.sum(dim=0)
         return gx, None, None
+
+
+class _CrossSq(torch.autograd.Function):
+    """Euclidean (or squared) distances from a row block ``xb`` ``(b, D)`` to the
+    candidates ``X`` ``(R, D)`` (a chunked loss's block): one GEMM and four in-place passes
+    over the single ``(b, R)`` buffer, ``d(i, offset + i) = 0`` when ``offset >= 0``.
+
+    Forward: rows shifted by ``X[0]``; ``d² = |xc_j|² − 2 xb_i·xc_j + |xb_i|²`` (``addmm``),
+    clamped at 0, square-rooted.  No close-pair refinement (the portable cross formula has
+    none either).  Backward (first order): with ``H = g / (2d)`` (``g`` for squared; 0
+    where ``d = 0``), ``∂/∂xb = 2(rowsum H ⊙ xb − H X)`` and ``∂/∂X = 2(colsum H ⊙ X − Hᵀ xb)``
+    on the shifted rows (the distances are translation invariant).
+    """
+
+    @staticmethod
+    def forward(ctx, xb, X, squared, offset):
+        x0 = X[:1]
+        xbc = xb - x0
+        Xc = X - x0
+        d = torch.addmm((Xc * Xc).sum(dim=1).unsqueeze(0), xbc, Xc.t(), alpha=-2)
+        d.add_((xbc * xbc).sum(dim=1).unsqueeze(1)).clamp_min_(0)
+        if offset >= 0:
+            d.diagonal(offset).zero_()
+        if not squared:
+            d.sqrt_()
+        ctx.squared = squared
+        ctx.save_for_backward(xbc, Xc, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad):
+        xbc, Xc, d = ctx.saved_tensors
+        zero = d <= 0
+        if ctx.squared:
+            h = grad.masked_fill(zero, 0)
+        else:
+            h = torch.div(grad, d).mul_(0.5).masked_fill_(zero, 0)
+        gxb = gX = None
+        if ctx.needs_input_grad[0]:
+            gxb = 2 * (h.sum(dim=1).unsqueeze(1) * xbc - torch.mm(h, Xc))
+        if ctx.needs_input_grad[1]:
+            gX = 2 * (h.sum(dim=0).unsqueeze(1) * Xc - torch.mm(h.t(), xbc))
+        return gxb, gX, None, None

@@ -16,10 +16,13 @@ a local partial sum into the global one (None on one process).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 from ..backends import Context, resolve
+from ..backends import compiling as _compiling
 from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
 from ..distances import METRICS, cross_distance_matrix
 from ._common import REDUCTIONS, as_float, non_finite, prepare, safe_divide, scalar
@@ -100,15 +103,13 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     if not (has_ref or has_group or has_axis):
         ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
         return Pairs(ctx, x, d, pos, neg, m)
-    if has_group and has_axis:
-        raise ValueError("process_group (torch.distributed) and axis_name (JAX) cannot both be given")
-    if has_ref and (has_group or has_axis):
-        raise ValueError(
-            "ref_embeddings/ref_labels cannot be combined with process_group/axis_name: the "
-            "global batch is the reference set of a distributed call")
+    check_scaling_args(has_ref, has_group, has_axis)
     check_choice(metric, "metric", METRICS)
     check_choice(reduction, "reduction", REDUCTIONS)
     check_margin(margin)
+    if not has_ref:
+        ctx, x, y, comm, X, Y, offset = gather_global(labels, embeddings, backend, process_group, axis_name)
+        return _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm)
     ctx, x, y = resolve(embeddings, labels, backend)
     xp = ctx.xp
     if has_ref:
@@ -119,10 +120,33 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
         nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
 
+
+def check_scaling_args(has_ref: bool, has_group: bool, has_axis: bool) -> None:
+    if has_group and has_axis:
+        raise ValueError("process_group (torch.distributed) and axis_name (JAX) cannot both be given")
+    if has_ref and (has_group or has_axis):
+        raise ValueError(
+            "ref_embeddings/ref_labels cannot be combined with process_group/axis_name: the "
+            "global batch is the reference set of a distributed call")
+
+
+def gather_global(labels, embeddings, backend, process_group, axis_name):
+    """The local batch and the global one of a distributed call: ``(ctx, x, y, comm, X, Y,
+    offset)``.  A rank may hold no row (``(0, D)``); a global batch without a row is a
+    ValueError on every rank alike (decided after the gather, so no rank is left waiting)."""
     from ..backends._scale import communicator
 
+    ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
     comm = communicator(ctx.backend, process_group=process_group, axis_name=axis_name)
     X, Y, offset = comm.gather(ctx, x, y)
+    if X.shape[0] == 0:
+        raise ValueError(f"embeddings: empty global batch (every rank's shape is {tuple(x.shape)}); "
+                         "need at least one row")
+    return ctx, x, y, comm, X, Y, offset
+
+
+def _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm) -> Pairs:
+    xp = ctx.xp
     d = cross_distance_matrix(ctx, x, X, metric)
     B, R = d.shape
     idt = offset.dtype
@@ -140,13 +164,20 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
 
 
 def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -> Pairs:
-    ctx, x, y = resolve(embeddings, labels, backend)
+    ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
     xp = ctx.xp
     X, Y = block.X, block.Y
-    d = cross_distance_matrix(ctx, x, X, metric)
+    d = None
+    if metric != "cosine":  # the fused native kernel of the backend, if it has one
+        start = block.start if block.exclude_self and block.start is not None else -1
+        d = ctx.backend.block_distances(xp, x, X, metric == "sqeuclidean", start)
+    fused = d is not None and (block.start is not None or not block.exclude_self)
+    if d is None:
+        d = cross_distance_matrix(ctx, x, X, metric)
     eq = y[:, None] == Y[None, :]
-    nan = non_finite(ctx, x, X)
-    nan_src = xp.where(nan, scalar(ctx, float("nan")), scalar(ctx, 0))
+    nan_src = block.nan_src
+    if nan_src is None:
+        nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
     if not block.exclude_self:
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
     B, R = d.shape
@@ -154,7 +185,8 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     rows = xp.arange(B, dtype=idt, device=ctx.device)
     cols = xp.arange(R, dtype=idt, device=ctx.device)
     same = cols[None, :] == (rows + block.offset)[:, None]
-    d = xp.where(same, scalar(ctx, 0), d)
+    if not fused:  # the fused kernel zeroes the anchor's own column itself
+        d = xp.where(same, scalar(ctx, 0), d)
     return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
 
 
@@ -170,14 +202,92 @@ def reduce_pairs(P: Pairs, per_term, count, reduction: str):
     return safe_divide(ctx, total, P.global_sum(as_float(ctx, count)))
 
 
+# --- the batch losses' shared keywords: one docstring block, one dispatch -------------
+SCALING_DOC = """\
+ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
+  of ``embeddings``) take their positives and negatives from its rows, no pair being
+  the same sample (docs/semantics.md, "Reference sets"){ref_note}.
+process_group: a ``torch.distributed`` process group (torch), or
+axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
+  anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
+  ``"sum"`` and the info counts are those of the single-process loss on the
+  concatenated batch, on every rank; ``"none"`` is this rank's rows against the
+  global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
+chunk_size: ``None`` (default): the anchor rows per block chosen from a memory budget
+  (1 GiB, or ``TRIPLET_REF_MEMORY_BUDGET`` bytes): unchunked up to ``B = 4096``
+  (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond; ``0``: never
+  chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows. Each block
+  mines against the whole batch (or reference set) and its backward is done block
+  by block (torch ``"mean"``/``"sum"``: in the forward pass, first order only;
+  otherwise checkpointed and recomputed), so a call holds ``O(c·R)`` at a time
+  (docs/scaling.md, "Memory")."""
+
+_SCALING_MARK = "{scaling}"
+
+
+def scaling_doc(doc: str, ref_note: str = "") -> str:
+    """``doc`` with its line ``{scaling}`` replaced by :data:`SCALING_DOC`, indented like
+    that line (``ref_note``: what a reference set changes in this loss's outputs)."""
+    if doc is None:  # python -OO
+        return doc
+    lines = doc.split("\n")
+    marks = [i for i, line in enumerate(lines) if line.strip() == _SCALING_MARK]
+    if len(marks) != 1:
+        raise AssertionError(f"the docstring needs exactly one line {_SCALING_MARK}, found {len(marks)}")
+    i = marks[0]
+    indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+    block = [indent + line for line in SCALING_DOC.format(ref_note=ref_note).split("\n")]
+    return "\n".join(lines[:i] + block + lines[i + 1:])
+
+
+def batch_loss(ref_note: str = ""):
+    """Decorator of a batch loss ``fn(labels, embeddings, margin, *, ..., chunk_size)``:
+
+    * its docstring's line ``{scaling}`` becomes the shared keyword block
+      (:func:`scaling_doc`);
+    * ``chunk_size`` is handled here: given, the call runs through :func:`chunked`,
+      which calls the decorated loss once per row block (without ``chunk_size``); ``fn``
+      itself only ever sees ``chunk_size=None`` and declares it for its signature.
+    """
+    def deco(fn):
+        fn.__doc__ = scaling_doc(fn.__doc__, ref_note)
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def loss(*args, **kwargs):
+            chunk_size = kwargs.pop("chunk_size", None)
+            if (chunk_size is None and kwargs.get("process_group") is None and kwargs.get("axis_name") is None
+                    and not _compiling()):
+                # the default: rows from the memory budget (None: unchunked); not under
+                # torch.compile, which cannot trace the blocks' in-forward backward
+                bound = sig.bind_partial(*args, **kwargs)
+                chunk_size = chunk_rows(None, bound.arguments.get("embeddings"),
+                                        bound.arguments.get("ref_embeddings"))
+            elif chunk_size is not None:
+                chunk_size = chunk_rows(chunk_size, None)
+            if chunk_size is None:
+                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            a = dict(bound.arguments)
+            del a["chunk_size"]
+            return chunked(loss, chunk_size=chunk_size, **a)
+
+        return loss
+
+    return deco
+
+
 # --- bounded memory: anchors in row blocks ---------------------------------------------
 class _Block:
     """The candidates of one row block of a chunked call: the whole batch (or reference
     set) with this block's first row at ``offset``; sums stay per block (``chunked``
     adds the blocks up)."""
 
-    def __init__(self, X, Y, offset, same: bool):
+    def __init__(self, X, Y, offset, same: bool, start: int | None = None, nan_src: Any = None):
         self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
+        self.start = start      # offset as a Python int (the fused distance kernel), None if traced
+        self.nan_src = nan_src  # NaN where the whole input is non-finite (once per call), else None
 
     def gather(self, ctx, x, y):
         return self.X, self.Y, self.offset
@@ -186,13 +296,92 @@ class _Block:
         return v
 
 
+#: The memory budget of one batch-loss call with ``chunk_size=None``, in bytes: the anchors
+#: are processed in row blocks when the ``(B, R)`` working arrays would exceed it.  The
+#: environment variable ``TRIPLET_REF_MEMORY_BUDGET`` (bytes, an int) overrides it, read at
+#: every call.  1 GiB: B <= 4096 (float32 and float64, R = B) runs unchunked.
+MEMORY_BUDGET = 2**30
+
+#: How many ``(rows, R)`` arrays of the compute dtype a batch loss holds at its peak
+#: (forward and backward; measured 5-9 at B = 4096 with ``benchmarks/scaling.py``): the
+#: budget is divided by ``ARRAYS_AT_PEAK · R · itemsize`` to get the rows per block.
+ARRAYS_AT_PEAK = 8
+
+
+def memory_budget() -> int:
+    """The budget in bytes: ``TRIPLET_REF_MEMORY_BUDGET`` if set, else :data:`MEMORY_BUDGET`."""
+    import os
+
+    env = os.environ.get("TRIPLET_REF_MEMORY_BUDGET")
+    if env is None or env.strip() == "":
+        return MEMORY_BUDGET
+    try:
+        value = int(env.strip())
+    except ValueError:
+        raise ValueError(f"TRIPLET_REF_MEMORY_BUDGET: expected a number of bytes (an int), got {env!r}") from None
+    if value < 1:
+        raise ValueError(f"TRIPLET_REF_MEMORY_BUDGET: must be >= 1 byte, got {value}")
+    return value
+
+
 def check_chunk_size(chunk_size: Any) -> None:
     if chunk_size is None:
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size: expected None or a positive int, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+        raise TypeError(f"chunk_size: expected None, 0 or a positive int, got {type(chunk_size).__name__}")
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size: must be None (from the memory budget), 0 (unchunked) or >= 1, "
+                         f"got {chunk_size}")
+
+
+def _itemsize(a: Any) -> int:
+    """Bytes per element of the compute dtype of ``a`` (at least float32's 4; 8 when the
+    dtype says nothing)."""
+    dt = getattr(a, "dtype", None)
+    size = getattr(dt, "itemsize", None)
+    if not isinstance(size, int):
+        try:
+            import numpy as np
+
+            size = np.dtype(str(dt).rsplit(".", 1)[-1]).itemsize
+        except Exception:
+            size = 8
+    return max(4, size)
+
+
+def chunk_rows(chunk_size: Any, embeddings: Any, ref_embeddings: Any = None, process_group: Any = None,
+               axis_name: Any = None) -> int | None:
+    """The rows per block of a batch-loss call, or None for the unchunked path.
+
+    ``chunk_size=0``: None.  An int ``c >= 1``: ``c``.  ``None``: from the memory budget
+    (:func:`memory_budget`): ``rows = budget // (ARRAYS_AT_PEAK · R · itemsize)`` (``R``
+    the candidates: the batch or the reference set; ``itemsize`` of the compute dtype,
+    at least 4), unchunked when ``rows >= B``.  A distributed call (``process_group`` /
+    ``axis_name``) with ``None`` is not chunked (each rank holds ``B_local · B_global``).
+    """
+    check_chunk_size(chunk_size)
+    if chunk_size == 0:
+        return None
+    if chunk_size is not None:
+        return chunk_size
+    if process_group is not None or axis_name is not None:
+        return None
+    shape = getattr(embeddings, "shape", None)
+    if shape is None or len(shape) != 2:
+        return None  # a list or a malformed input: validated (and small) on the unchunked path
+    B = int(shape[0])
+    R = B
+    if ref_embeddings is not None:
+        rshape = getattr(ref_embeddings, "shape", None)
+        if rshape is None or len(rshape) != 2:
+            return None
+        R = int(rshape[0])
+    if B == 0 or R == 0:
+        return None
+    rows = memory_budget() // (ARRAYS_AT_PEAK * R * _itemsize(embeddings))
+    if rows >= B:
+        return None
+    return max(1, int(rows))
 
 
 def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, return_info: bool,
@@ -211,29 +400,47 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
     from ..backends._scale import checkpoint
 
     check_chunk_size(chunk_size)
-    if process_group is not None or axis_name is not None:
-        raise ValueError("chunk_size cannot be combined with process_group/axis_name (yet): "
-                         "each rank already holds only B_local × B_global")
+    has_ref = ref_embeddings is not None or ref_labels is not None
+    check_scaling_args(has_ref, process_group is not None, axis_name is not None)
     check_choice(reduction, "reduction", REDUCTIONS)
     check_margin(margin)
-    ctx, x, y = resolve(embeddings, labels, backend)
-    xp = ctx.xp
-    if ref_embeddings is not None or ref_labels is not None:
-        X, Y = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+    comm, base = None, 0
+    if process_group is not None or axis_name is not None:
+        # the local anchors in blocks against the gathered global batch: the blocks run no
+        # collective (their number may differ between ranks); the sums are global at the end
+        ctx, x, y, comm, X, Y, base = gather_global(labels, embeddings, backend, process_group, axis_name)
         self_ref = False
     else:
-        X, Y = x, y
-        self_ref = True
+        ctx, x, y = resolve(embeddings, labels, backend)
+        if has_ref:
+            X, Y = resolve_reference(ctx, x, ref_embeddings, ref_labels)
+            self_ref = False
+        else:
+            X, Y = x, y
+            self_ref = True
+    xp = ctx.xp
+    exclude_self = self_ref or comm is not None
     B = x.shape[0]
     idt = ctx.backend.index_dtype(xp)
     red = "none" if reduction == "none" else "sum"
+    # at least one block: a rank without rows still runs one (empty) block, so that its
+    # result and backward take part in the global sums like every other rank's
+    starts = range(0, max(B, 1), chunk_size)
+    # NaN or ±inf anywhere (X is the whole batch, the reference set or the global batch):
+    # decided once for the call, not per block
+    nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
+    # the first row's column as a Python int for the fused distance kernel (None: traced)
+    from ..backends._scale import concrete_int
+
+    base_int = concrete_int(base) if exclude_self else None
 
     def run_block(s, leaves):
         x_all = leaves[0]
         cand = x_all if self_ref else leaves[1]
-        comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
+        blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
+                     None if base_int is None else base_int + s, nan_src)
         out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
-                       return_info=True, process_group=comm, **options)
+                       return_info=True, process_group=blk, **options)
         if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
             info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
         return out, info
@@ -243,31 +450,33 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
         # torch: each block's backward runs right after its forward (no recomputation)
         from ..backends._scale import fused_block_sum
 
-        fused = fused_block_sum(ctx.backend, run_block, range(0, B, chunk_size), [x, X, margin])
+        fused = fused_block_sum(ctx.backend, run_block, starts, [x, X, margin])
     if fused is not None:
         total, infos = fused
-        return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, summed=True)
+        return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, comm, summed=True)
     blocks = []
-    for s in range(0, B, chunk_size):
+    for s in starts:
         e = min(B, s + chunk_size)
 
         def block(x_all, X_all, s=s, e=e):
             cand = x_all if self_ref else X_all
-            comm = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device), self_ref)
+            blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
+                         None if base_int is None else base_int + s, nan_src)
             out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
-                           return_info=True, process_group=comm, **options)
+                           return_info=True, process_group=blk, **options)
             if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
                 info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
             return out, info
 
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
-    return _finish_chunked(ctx, blocks, reduction, return_info)
+    return _finish_chunked(ctx, blocks, reduction, return_info, comm)
 
 
-def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
+def _finish_chunked(ctx, blocks, reduction, return_info, comm=None, summed=False):
     """Loss and info of a chunked call from its blocks' ``(out, info)`` (``summed``: the
-    first ``out`` is already the total)."""
+    first ``out`` is already the total; ``comm``: the communicator of a distributed call,
+    whose global sums turn this rank's totals and counts into the global ones)."""
     xp = ctx.xp
     if reduction == "none":
         loss = xp.concat([o for o, _ in blocks], axis=0)
@@ -278,7 +487,10 @@ def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
         for o, _ in blocks[1:]:
             total = total + o
         loss = total
-    info = _merge_info(ctx, [i for _, i in blocks])
+    gsum = (lambda v: v) if comm is None else (lambda v: comm.sum(ctx, v))
+    if reduction != "none":
+        loss = gsum(loss)
+    info = _merge_info(ctx, [i for _, i in blocks], gsum)
     if reduction == "mean":
         key = "num_positive" if "num_positive" in info else "num_valid"
         loss = safe_divide(ctx, loss, as_float(ctx, info[key]))
@@ -286,15 +498,18 @@ def _finish_chunked(ctx, blocks, reduction, return_info, summed=False):
     return (loss, info) if return_info else loss
 
 
-def _merge_info(ctx, infos):
+def _merge_info(ctx, infos, gsum=lambda v: v):
     """The info of the whole batch from its blocks': counts added, index arrays
-    concatenated, fractions and means weighted by their block's ``num_valid``."""
+    concatenated, fractions and means weighted by their block's ``num_valid`` (``gsum``:
+    the global sum of a distributed call, applied to the counts and weighted sums)."""
     xp = ctx.xp
     out = {}
     nv = [as_float(ctx, i["num_valid"]) for i in infos]
     nv_total = nv[0]
     for v in nv[1:]:
         nv_total = nv_total + v
+    if any(k.startswith(("fraction_", "mean_")) for k in infos[0]):
+        nv_total = gsum(nv_total)
     for key, first in infos[0].items():
         vals = [i[key] for i in infos]
         if key.startswith(("fraction_", "mean_")):
@@ -303,7 +518,7 @@ def _merge_info(ctx, infos):
             acc = as_float(ctx, vals[0]) * nv[0]
             for v, w in zip(vals[1:], nv[1:]):
                 acc = acc + as_float(ctx, v) * w
-            out[key] = ctx.finish(safe_divide(ctx, acc, nv_total))
+            out[key] = ctx.finish(safe_divide(ctx, gsum(acc), nv_total))
         elif first.ndim >= 1:
             out[key] = xp.concat(vals, axis=0)
         else:
@@ -312,7 +527,7 @@ def _merge_info(ctx, infos):
                 acc = acc + v
             # a count that does not depend on the data may come back from jax.checkpoint
             # as a NumPy scalar: keep every entry an array of the backend
-            out[key] = xp.asarray(acc, device=ctx.device)
+            out[key] = gsum(xp.asarray(acc, device=ctx.device))
     if "num_positive" in out and "fraction_positive" in infos[0]:
         out["fraction_positive"] = ctx.finish(safe_divide(
             ctx, as_float(ctx, out["num_positive"]), as_float(ctx, out["num_valid"])))

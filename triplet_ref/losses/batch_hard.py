@@ -5,12 +5,13 @@ from ..backends import computes_in_full_precision
 from typing import Any
 
 from ._common import as_float, count_true, finish, hinge, safe_divide, scalar
-from ._pairs import prepare_pairs, reduce_pairs
+from ._pairs import batch_loss, prepare_pairs, reduce_pairs
 
 __all__ = ["batch_hard"]
 
 
 @computes_in_full_precision
+@batch_loss(ref_note='; ``"none"`` and the info indices are then over the ``R`` reference rows')
 def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str = "euclidean",
                soft: bool = False, reduction: str = "mean", return_info: bool = False,
                backend: Any = None, ref_embeddings: Any = None, ref_labels: Any = None,
@@ -44,31 +45,12 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
         ``mean_hardest_positive_dist`` and ``mean_hardest_negative_dist`` (over valid
         anchors), all arrays of the embeddings' backend.
       backend: ``None`` (the embeddings' own) or a backend name/module.
-      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
-        of ``embeddings``) mine their positives and negatives among its rows, no pair being
-        the same sample (docs/semantics.md, "Reference sets"); ``"none"`` and the info
-        indices are then over the ``R`` reference rows.
-      process_group: a ``torch.distributed`` process group (torch), or
-      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
-        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
-        ``"sum"`` and the info counts are those of the single-process loss on the
-        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
-        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
-      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
-        rows per block: each block mines against the whole batch (or reference set), its
-        backward is done block by block (torch: in the forward pass, first order only;
-        otherwise checkpointed and recomputed), so a call holds ``O(chunk_size·R)`` at a
-        time (docs/scaling.md, "Memory").
+      {scaling}
 
     Returns:
       0-d array (``(B,)`` for ``reduction="none"``) of the embeddings' dtype, on their
       device; with ``return_info``, ``(loss, info)``.
     """
-    if chunk_size is not None:
-        from ._pairs import chunked
-
-        return chunked(batch_hard, labels, embeddings, margin, reduction, return_info, backend,
-                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name, metric=metric, soft=soft)
     P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
     ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin

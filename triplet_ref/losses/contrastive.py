@@ -9,7 +9,7 @@ from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
 from ._common import (REDUCTIONS, as_float, count_dtype, finish, propagate_nan, reduce,
                       safe_divide, scalar)
-from ._pairs import prepare_pairs, reduce_pairs
+from ._pairs import batch_loss, prepare_pairs, reduce_pairs
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
@@ -25,6 +25,7 @@ def _pair_terms(ctx, e2, e, same, m):
 
 
 @computes_in_full_precision
+@batch_loss(ref_note='; ``"mean"`` divides by ``B·R`` and ``"none"`` is ``(B, R)``')
 def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
                       reduction: str = "mean", return_info: bool = False, backend: Any = None,
                       ref_embeddings: Any = None, ref_labels: Any = None, process_group: Any = None,
@@ -44,26 +45,8 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
       return_info: also return ``num_valid`` (the number of terms, B(B−1)) and
         ``fraction_positive`` (terms with ``l > 0`` over terms; 0 when there is none).
       backend: ``None`` (the embeddings' own) or a backend name/module.
-      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
-        of ``embeddings``) pair with all of its rows, no pair being
-        the same sample (docs/semantics.md, "Reference sets"); ``"mean"`` divides by ``B·R`` and ``"none"`` is ``(B, R)``.
-      process_group: a ``torch.distributed`` process group (torch), or
-      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
-        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
-        ``"sum"`` and the info counts are those of the single-process loss on the
-        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
-        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
-      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
-        rows per block: each block mines against the whole batch (or reference set), its
-        backward is done block by block (torch: in the forward pass, first order only;
-        otherwise checkpointed and recomputed), so a call holds ``O(chunk_size·R)`` at a
-        time (docs/scaling.md, "Memory").
+      {scaling}
     """
-    if chunk_size is not None:
-        from ._pairs import chunked
-
-        return chunked(batch_contrastive, labels, embeddings, margin, reduction, return_info, backend,
-                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name)
     P = prepare_pairs(labels, embeddings, margin, "sqeuclidean", reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
     ctx, x, d2, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin

@@ -7,12 +7,13 @@ from typing import Any
 from ..mining import run
 from ..mining.semihard import CHOICE
 from ._common import as_float, count_dtype, count_true, finish, hinge, safe_divide, scalar
-from ._pairs import prepare_pairs, reduce_pairs
+from ._pairs import batch_loss, prepare_pairs, reduce_pairs
 
 __all__ = ["batch_semihard"]
 
 
 @computes_in_full_precision
+@batch_loss(ref_note='; ``"none"`` and ``semihard_negative`` are then ``(B, R)``')
 def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
                    metric: str = "euclidean", reduction: str = "mean",
                    return_info: bool = False, backend: Any = None, ref_embeddings: Any = None,
@@ -41,30 +42,12 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
         ``l > 0``) and ``fraction_semihard`` (terms whose ``n*`` came from the strict
         rule rather than the fallback).
       backend: ``None`` (the embeddings' own) or a backend name/module.
-      ref_embeddings, ref_labels: a reference set ``(R, D)`` / ``(R,)``: the anchors (rows
-        of ``embeddings``) mine their positives and negatives among its rows, no pair being
-        the same sample (docs/semantics.md, "Reference sets"); ``"none"`` and ``semihard_negative`` are then ``(B, R)``.
-      process_group: a ``torch.distributed`` process group (torch), or
-      axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the local
-        anchors against the global batch (all ranks' rows in rank order). ``"mean"`` /
-        ``"sum"`` and the info counts are those of the single-process loss on the
-        concatenated batch, on every rank; ``"none"`` is this rank's rows against the
-        global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
-      chunk_size: ``None`` (all anchors at once: ``O(B·R)`` memory) or the number of anchor
-        rows per block: each block mines against the whole batch (or reference set), its
-        backward is done block by block (torch: in the forward pass, first order only;
-        otherwise checkpointed and recomputed), so a call holds ``O(chunk_size·R)`` at a
-        time (docs/scaling.md, "Memory").
+      {scaling}
 
     Returns:
       0-d array (or the ``(B, B)`` array) of the embeddings' dtype on their device;
       ``(loss, info)`` with ``return_info``.
     """
-    if chunk_size is not None:
-        from ._pairs import chunked
-
-        return chunked(batch_semihard, labels, embeddings, margin, reduction, return_info, backend,
-                       chunk_size, ref_embeddings, ref_labels, process_group, axis_name, metric=metric)
     P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
     ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses._common import as_float, count_true, scalar
-from . import _blocks
+from . import _blocks, _numba
 from ._blocks import _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
@@ -50,7 +50,7 @@ def hinge_rows(ctx, d, pos, neg, m):
     v = d + mm
     izero = xp.zeros((), dtype=idt, device=ctx.device)
     ione = xp.ones((), dtype=idt, device=ctx.device)
-    count = xp.astype(be.searchsorted_rows(xp, srt, v, side="left", where=pos), idt)  # #{d(a,n) < v}
+    count = xp.astype(be.searchsorted_rows(xp, srt, v, side="left"), idt)  # #{d(a,n) < v}
     # The oracle's rule is (d(a,p) − d(a,n)) + m > 0; it differs from d(a,n) < fl(d(a,p) + m)
     # only for the negatives within a rounding step of v (a margin below d(a,p)'s ulp
     # makes exact ties positive).  Step across the tie block on each side of the count:
@@ -64,7 +64,7 @@ def hinge_rows(ctx, d, pos, neg, m):
             move = pos & (count < nneg[:, None]) & ok
         else:
             move = pos & (count > izero) & ~ok
-        jump = xp.astype(be.searchsorted_rows(xp, srt, x, side="right" if up else "left", where=move), idt)
+        jump = xp.astype(be.searchsorted_rows(xp, srt, x, side="right" if up else "left"), idt)
         count = xp.where(move, jump, count)
     count = xp.where(pos, count, izero)
     below = be.take_rows(xp, prefix, count)
@@ -384,16 +384,18 @@ def hinge_rows_linear(ctx, d, pos, neg, margin, t, count):
 
 HINGE = Step(
     "batch_all_hinge", "batch_all", hinge_rows,
-    Kernel(batch_all_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32"),
-           backward=batch_all_backward, saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
+    Kernel(_numba.hinge_forward(batch_all_forward), inputs=("d", "pos", "neg", "margin"),
+           outputs=("float", "int32"), backward=_numba.hinge_backward(batch_all_backward),
+           saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
 )
 """``(d, pos, neg, margin) -> (L, count)``: ``L`` (B, B) of ``d``'s dtype, differentiable in
 ``d`` and the margin; ``count`` the number of positive triplets per pair (integers)."""
 
 SOFT = Step(
     "batch_all_soft", "batch_all", soft_rows,
-    Kernel(soft_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32", "float"),
-           backward=soft_backward, saved=(2,), slopes={3: 2}),
+    Kernel(_numba.soft_forward(soft_forward), inputs=("d", "pos", "neg", "margin"),
+           outputs=("float", "int32", "float"), backward=_numba.soft_backward(soft_backward),
+           saved=(2,), slopes={3: 2}),
 )
 """``(d, pos, neg, margin) -> (L, count, slope)`` with the softplus: ``L`` (B, B) of ``d``'s
 dtype, differentiable in ``d`` and the margin; ``count`` the number of valid triplets per
