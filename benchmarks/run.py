@@ -4,6 +4,7 @@
     python benchmarks/run.py --full     # B = 128 ... 16384, every loss x backend x mode x peer
     python benchmarks/run.py --sizes 16,32 --backends numpy --impls triplet_ref,dense --out /tmp/b
     python benchmarks/run.py --sizes 4096 --labels all --impls triplet_ref   # every label regime
+    python benchmarks/run.py --scaling [ARGS]   # the scaling targets (benchmarks/scaling.py ARGS)
 
 Every configuration (implementation x backend x loss x mode x batch size) runs in a fresh
 subprocess (``_worker.py``), which reports the median wall time after a warm-up, the peak
@@ -336,6 +337,11 @@ def _csv(s, allowed, what):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scaling" in argv:  # issue #10's targets: benchmarks/scaling.py, its own options
+        argv.remove("--scaling")
+        return subprocess.call([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scaling.py"),
+                                *argv])
     args = parse_args(argv)
     if args.worker:
         import _worker

@@ -4,7 +4,9 @@ every label regime, against the oracles — values, info and gradients.
 ``impl`` forces the steps a loss uses (``triplet_ref.mining.force``): ``"portable"`` runs
 the array-API version on any backend (NumPy included), ``"native"`` the backend's native
 one (the NumPy kernels: directly on NumPy, as torch custom ops, through JAX
-``pure_callback``; torch's own distance kernel).  The label regimes are those of
+``pure_callback``; torch's own distance kernel).  The NumPy kernels have two bodies
+(``triplet_ref.mining.force_body``): ``"native-numpy"`` runs the pure-NumPy one,
+``"native-numba"`` the numba-compiled one (skipped without numba).  The label regimes are those of
 ``triplet_ref.testing.regimes``: P×K with K = 2, 4, 17 (16 positives per anchor: the
 kernels' small-K path at its limit) and 64 (the sorted path), two classes and one big
 class (sorted path), random labels with singletons, all distinct (no term at all).
@@ -15,6 +17,7 @@ JAX shape; every regime and the portable path on JAX with ``--runslow``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -38,7 +41,16 @@ SIZES = {"pk2": 40, "pk4": 40, "pk17": 34, "pk64": 130, "two_classes": 40,
 JAX_FAST = ("pk2", "two_classes", "all_distinct")
 JAX_FAST_SHAPE = (8, 2)
 MARGIN = 0.5
-IMPLS = ("portable", "native")
+IMPLS = ("portable", "native-numpy", "native-numba")
+
+
+@contextlib.contextmanager
+def _force(impl, step):
+    """Force ``step`` to ``impl`` (``"native-<body>"``: the native implementation, the
+    NumPy kernels with that body)."""
+    kind, _, body = impl.partition("-")
+    with M.force(kind, step), M.force_body(body or "auto"):
+        yield
 
 
 class Loss:
@@ -107,8 +119,10 @@ def _skip_if_slow(request, xp, regime, impl):
 
 def _steps_for(xp, loss, impl, like):
     """The step to force, or None when the backend has no such implementation."""
-    if impl == "native" and not M.has_native(loss.step, xp.backend, like):
+    if impl.startswith("native") and not M.has_native(loss.step, xp.backend, like):
         return None
+    if impl == "native-numba" and (loss.step.kernel is None or not M.numba_available()):
+        return None  # no NumPy kernel (torch's own distance kernel): one body only
     return loss.step
 
 
@@ -136,7 +150,7 @@ def test_forced_implementation_matches_the_oracle(request, xp, regime, impl):
             total = loss.fn(y, z, MARGIN, reduction="sum", **loss.kw)
             return (total, *loss.fn(y, z, MARGIN, return_info=True, **loss.kw))
 
-        with M.force(impl, step):
+        with _force(impl, step):
             total, mean, info = f(X)
         want_sum, _ = _oracle(loss.id, regime, "sum", shape)
         want, oinfo = _oracle(loss.id, regime, "mean", shape)
@@ -148,7 +162,8 @@ def test_forced_implementation_matches_the_oracle(request, xp, regime, impl):
                 np.testing.assert_array_equal(g, np.asarray(w), err_msg=f"{loss.id} info[{key}]")
             else:
                 _close(g, w, f"{loss.id} info[{key}]")
-    assert ran >= (1 if impl == "native" and xp.name in ("numpy", "jax") else 0)
+    native = impl == "native-numpy" or (impl == "native-numba" and M.numba_available())
+    assert ran >= (1 if native and xp.name in ("numpy", "jax") else 0)
 
 
 def _grid(regime, seed=1):
@@ -173,7 +188,7 @@ def test_forced_implementation_float32_ties_exact(request, xp, regime, impl):
         step = _steps_for(xp, loss, impl, X)
         if step is None or loss.id == "batch_all_soft":  # softplus is not exact
             continue
-        with M.force(impl, step):
+        with _force(impl, step):
             got, info = loss.fn(y, X, 1.0, metric="sqeuclidean", return_info=True)
         want, oinfo = loss.oracle(y, x, 1.0, metric="sqeuclidean", return_info=True)
         assert float(xp.to_numpy(got)) == pytest.approx(want, rel=1e-6, abs=1e-6), loss.id
@@ -217,7 +232,7 @@ def test_forced_implementation_gradient_matches_the_oracle(request, xp, regime, 
         step = _steps_for(xp, loss, impl, X)
         if step is None:
             continue
-        with M.force(impl, step):
+        with _force(impl, step):
             value, grad = xp.backend.value_and_grad(lambda z, loss=loss: loss.fn(y, z, MARGIN, reduction="sum", **loss.kw), X)
         _close(value, _oracle(loss.id, regime, "sum", shape)[0], f"{loss.id} value")
         assert np.all(np.isfinite(grad))
@@ -239,8 +254,10 @@ def test_learnable_margin_gradient_under_each_implementation(regime):
         expect = info["num_positive"] if loss.id.startswith("batch_all") else \
             round(info["num_valid"] * info["fraction_positive"])
         for impl in IMPLS:
+            if impl == "native-numba" and not M.numba_available():
+                continue
             m = torch.tensor(MARGIN, dtype=torch.float64, requires_grad=True)
-            with M.force(impl, loss.step):
+            with _force(impl, loss.step):
                 (g,) = torch.autograd.grad(loss.fn(y, X, m, reduction="sum", **loss.kw), (m,))
             if loss.id == "batch_all_soft":  # Σ sigmoid(arg): compare with the oracle's FD in m
                 f = lambda mm: O.batch_all(y, x, mm, soft=True, reduction="sum")  # noqa: E731
@@ -258,6 +275,7 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
     that batches of this size take many blocks, some without a term (singletons)."""
     y, x = _data(regime)
     monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", rows_per_block * x.shape[0])
+    monkeypatch.setenv("TRIPLET_REF_NUMBA", "0")  # row blocks are the NumPy body's
     for loss in LOSSES[:3]:
         if loss.id == "batch_all_soft":
             continue
@@ -340,9 +358,11 @@ def test_hypothesis_native_and_portable_equal_the_oracle(request, dtype):
                 continue
             want, oinfo = loss.oracle(y, x, margin, metric="sqeuclidean", return_info=True, **loss.kw)
             for impl in IMPLS:
-                if impl == "native" and loss.step.kernel is None:
+                if impl.startswith("native") and loss.step.kernel is None:
                     continue
-                with M.force(impl, loss.step):
+                if impl == "native-numba" and not M.numba_available():
+                    continue
+                with _force(impl, loss.step):
                     got, info = loss.fn(y, X, margin, metric="sqeuclidean", return_info=True, **loss.kw)
                 assert float(got) == pytest.approx(want, rel=1e-6, abs=1e-6), (loss.id, impl)
                 for key in ("num_valid", "num_positive", "semihard_negative"):

@@ -3,6 +3,9 @@
 The kernels pick a branch by the largest number of positives per anchor (``SMALL_K``):
 one pass per positive for few, a per-row sort and search for many.  Small batches
 reach the second branch here by setting ``triplet_ref.mining._blocks.SMALL_K = 0``.
+Each kernel has two bodies (``triplet_ref.mining.force_body``): the NumPy branches run
+the pure-NumPy body; ``numba`` runs the compiled body (every row compiled) and
+``numba-mixed`` hands the rows with more than 3 positives back to the NumPy body.
 Also: the margin-rounding rule of issue #13 item 6 on every backend and implementation,
 the softplus kernel's gradients, and ``np.longdouble`` embeddings (#13 item 13).
 """
@@ -14,24 +17,27 @@ import pytest
 import triplet_ref as tr
 from triplet_ref import mining, oracles
 from triplet_ref.mining import _blocks
-from triplet_ref.mining.batch_all import (batch_all_backward, batch_all_forward, soft_backward,
-                                          soft_forward)
 from triplet_ref.mining.semihard import semihard_choice
 from triplet_ref.testing.regimes import REGIMES, make_labels
 
-# (SMALL_K, row-block elements): one pass per positive / per-row sort and search, in one
-# row block or in blocks of a few rows (the kernels' block-local row/column bookkeeping)
-BRANCHES = {"few": (16, None), "many": (0, None), "few-blocks": (16, 64), "many-blocks": (0, 64)}
+# (SMALL_K, row-block elements, body): one pass per positive / per-row sort and search,
+# in one row block or in blocks of a few rows (the kernels' block-local row/column
+# bookkeeping), by the NumPy body; the numba body, alone or with rows handed back
+BRANCHES = {"few": (16, None, "numpy"), "many": (0, None, "numpy"), "few-blocks": (16, 64, "numpy"),
+            "many-blocks": (0, 64, "numpy"), "numba": (16, None, "numba"), "numba-mixed": (3, None, "numba")}
 TOL = {np.float32: 2e-4, np.float64: 1e-9}
 
 
 @pytest.fixture(params=list(BRANCHES))
 def branch(request, monkeypatch):
-    small_k, block = BRANCHES[request.param]
+    small_k, block, body = BRANCHES[request.param]
+    if body == "numba" and not mining.numba_available():
+        pytest.skip("numba is not installed (pip install 'triplet_ref[numba]')")
     monkeypatch.setattr(_blocks, "SMALL_K", small_k)
     if block is not None:
         monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", block)
-    return request.param
+    with mining.force_body(body):
+        yield request.param
 
 
 def _batch(regime, B, dtype, seed, ties=False):
@@ -91,16 +97,16 @@ def test_kernel_gradients(branch, regime, dtype):
     m = np.asarray(0.7, dtype=dtype)
     for soft in (False, True):
         want_L, want_g = _torch_reference_grads(d, pos, neg, float(m), g, soft)
-        if soft:
-            L, count, slope = soft_forward(d, pos, neg, m)
-            got_g = soft_backward(d, pos, neg, m, g, slope)
+        if soft:  # through the steps' kernels: the body the branch selects
+            L, count, slope = mining.BATCH_ALL_SOFT.kernel.forward(d, pos, neg, m)
+            got_g = mining.BATCH_ALL_SOFT.kernel.backward(d, pos, neg, m, g, slope)
             # slope = ∂L/∂m = Σ_n σ(t): the positive side of the gradient with g = 1
             _, g1 = _torch_reference_grads(d, pos, neg, float(m), np.ones_like(g), True)
             np.testing.assert_allclose(np.where(pos, slope, 0), np.where(pos, g1, 0), rtol=tol, atol=tol)
             np.testing.assert_array_equal(count, np.where(pos, neg.sum(1)[:, None], 0))
         else:
-            L, count = batch_all_forward(d, pos, neg, m)
-            got_g = batch_all_backward(d, pos, neg, m, g, count)
+            L, count = mining.BATCH_ALL_HINGE.kernel.forward(d, pos, neg, m)
+            got_g = mining.BATCH_ALL_HINGE.kernel.backward(d, pos, neg, m, g, count)
         np.testing.assert_allclose(L, want_L, rtol=tol, atol=tol)
         np.testing.assert_allclose(got_g, want_g, rtol=tol, atol=tol)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import Context, resolve
+from ..backends import compiling as _compiling
 from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
 from ..distances import METRICS, cross_distance_matrix
 from ._common import REDUCTIONS, as_float, non_finite, prepare, safe_divide, scalar
@@ -255,8 +256,10 @@ def batch_loss(ref_note: str = ""):
         @functools.wraps(fn)
         def loss(*args, **kwargs):
             chunk_size = kwargs.pop("chunk_size", None)
-            if chunk_size is None and kwargs.get("process_group") is None and kwargs.get("axis_name") is None:
-                # the default: rows from the memory budget (None: unchunked)
+            if (chunk_size is None and kwargs.get("process_group") is None and kwargs.get("axis_name") is None
+                    and not _compiling()):
+                # the default: rows from the memory budget (None: unchunked); not under
+                # torch.compile, which cannot trace the blocks' in-forward backward
                 bound = sig.bind_partial(*args, **kwargs)
                 chunk_size = chunk_rows(None, bound.arguments.get("embeddings"),
                                         bound.arguments.get("ref_embeddings"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses._common import as_float, count_true, scalar
-from . import _blocks
+from . import _blocks, _numba
 from ._blocks import _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
@@ -313,16 +313,18 @@ def hinge_rows_linear(ctx, d, pos, neg, margin, t, count):
 
 HINGE = Step(
     "batch_all_hinge", "batch_all", hinge_rows,
-    Kernel(batch_all_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32"),
-           backward=batch_all_backward, saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
+    Kernel(_numba.hinge_forward(batch_all_forward), inputs=("d", "pos", "neg", "margin"),
+           outputs=("float", "int32"), backward=_numba.hinge_backward(batch_all_backward),
+           saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
 )
 """``(d, pos, neg, margin) -> (L, count)``: ``L`` (B, B) of ``d``'s dtype, differentiable in
 ``d`` and the margin; ``count`` the number of positive triplets per pair (integers)."""
 
 SOFT = Step(
     "batch_all_soft", "batch_all", soft_rows,
-    Kernel(soft_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32", "float"),
-           backward=soft_backward, saved=(2,), slopes={3: 2}),
+    Kernel(_numba.soft_forward(soft_forward), inputs=("d", "pos", "neg", "margin"),
+           outputs=("float", "int32", "float"), backward=_numba.soft_backward(soft_backward),
+           saved=(2,), slopes={3: 2}),
 )
 """``(d, pos, neg, margin) -> (L, count, slope)`` with the softplus: ``L`` (B, B) of ``d``'s
 dtype, differentiable in ``d`` and the margin; ``count`` the number of valid triplets per

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses._common import count_true, scalar
-from . import _blocks
+from . import _blocks, _numba
 from ._blocks import _UINT, _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
@@ -123,7 +123,7 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
 
 CHOICE = Step(
     "semihard_choice", "batch_semihard", choose,
-    Kernel(semihard_choice, inputs=("d", "neg", "term"), outputs=("index", "bool")),
+    Kernel(_numba.semihard_choice(semihard_choice), inputs=("d", "neg", "term"), outputs=("index", "bool")),
 )
 """``(d, neg, term) -> (chosen, semihard)``: ``chosen`` (B, B) indices of the negatives
 (0 off-term), ``semihard`` whether the strict rule chose; not differentiable."""
