@@ -219,9 +219,9 @@ chunk_size: ``None`` (default): the anchor rows per block chosen from a memory b
   chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows (with
   ``process_group`` / ``axis_name``: of the local anchors, against the global batch;
   ``None`` does not chunk there). Each block mines against the whole batch (or
-  reference set) and its backward is done block by block (torch ``"mean"``/``"sum"``: in the forward pass, first order only;
-  otherwise checkpointed and recomputed), so a call holds ``O(c·R)`` at a time
-  (docs/scaling.md, "Memory")."""
+  reference set) and its backward is done block by block (torch ``"mean"``/``"sum"``:
+  in the forward pass, first order only; otherwise checkpointed and recomputed), so
+  a call holds ``O(c·R)`` at a time (docs/scaling.md, "Memory")."""
 
 _SCALING_MARK = "{scaling}"
 
