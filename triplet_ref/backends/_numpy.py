@@ -72,8 +72,12 @@ class NumpyBackend(Backend):
                 # costs one comparison and no nonzero (the diagonal is zeroed below)
                 k = np.arange(g.shape[0])
                 g[k, k + i] = np.inf
-            m = g < screen[i:i + step, None] if tau > 0 else None
-            if m is not None and m.any():
+            # a row minimum first: one read of the block, no boolean block written (a NaN
+            # minimum, from a NaN row, takes the full comparison: the other pairs count)
+            m = None
+            if tau > 0 and (~(g.min(axis=1) >= screen[i:i + step])).any():
+                m = g < screen[i:i + step, None]
+            if m is not None:
                 r, c = np.nonzero(m)
                 r += i
                 keep = c > r

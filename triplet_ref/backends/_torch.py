@@ -406,10 +406,14 @@ def _pairwise_sqdist(x: Tensor, squared: bool, tau: float) -> Tensor:
         # close pairs (screened per row here, tested exactly in _refine_found); the
         # diagonal (d² ~ 0) is set to inf first so that a stripe without a close pair
         # costs one comparison and no nonzero (the diagonal is zeroed at the end)
+        # (a row minimum first: one read of the stripe, no boolean stripe written; a NaN
+        # minimum, from a NaN row, takes the full comparison: the other pairs still count)
         if tau > 0:
             t.diagonal().fill_(float("inf"))
-        m = t < screen[i:i2, None] if tau > 0 else None
-        if m is not None and bool(m.any()):
+        m = None
+        if tau > 0 and bool((~(t.amin(dim=1) >= screen[i:i2])).any()):
+            m = t < screen[i:i2, None]
+        if m is not None:
             r, c = torch.nonzero(m, as_tuple=True)
             keep = c > r
             r, c = r[keep], c[keep]
