@@ -92,8 +92,6 @@ def force_body(value: Body | str) -> Iterator[Body]:
 
 _kernels = None
 _import_error: ImportError | None = None
-# one numba-parallel call at a time (JAX runs callbacks on its own threads): numba's
-# threading layers are not all safe under concurrent entry
 _lock = threading.Lock()
 
 
@@ -194,8 +192,9 @@ def _hand_off(many, numpy_body, outs, *arrays):
 
 
 def _run(fn, *args):
-    # one numba-parallel call at a time (JAX runs callbacks on its own threads): not
-    # every numba threading layer is safe under concurrent entry
+    # one compiled call at a time (JAX runs callbacks on its own threads): with
+    # ``_numba_kernels._PARALLEL`` not every numba threading layer is safe under
+    # concurrent entry
     with _lock:
         fn(*args)
 

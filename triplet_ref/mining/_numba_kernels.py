@@ -1,10 +1,11 @@
 """The numba bodies of the mining steps' NumPy kernels (imported by :mod:`._numba` only,
 on the first kernel call that runs them: importing this module imports numba).
 
-Rows in parallel (``prange``, blocks of rows), O(row) scratch per block, no (B, B)
-temporary.  Each row: one pass collects its positives and its negatives (compacted),
-then one vectorised pass over the negatives per positive: O(K·C) per row, the fastest
-form for few positives (P×K batches).  A row with more than ``small_k`` positives
+Rows in blocks (``prange``; compiled serial, ``_PARALLEL``: a parallel build doubles
+the compile time and would compete with the BLAS threads on a 2-core machine), O(row)
+scratch per block, no (B, B) temporary.  Each row: one pass collects its positives and
+its negatives (compacted), then one vectorised pass over the negatives per positive:
+O(K·C) per row, the fastest form for few positives (P×K batches).  A row with more than ``small_k`` positives
 (``_blocks.SMALL_K``) is left to the NumPy body, which sorts it with a SIMD sort (a
 comparison sort compiled here is several times slower on fresh data): the kernels
 flag those rows in ``many`` and :mod:`._numba` runs the NumPy body on them.
@@ -26,7 +27,7 @@ from numba.extending import overload
 __all__ = ["hinge_forward", "hinge_backward", "soft_forward", "soft_backward", "semihard_choice"]
 
 _JIT = dict(cache=True, nogil=True)
-_PARALLEL = False
+_PARALLEL = False  # True: blocks of rows on numba's thread pool
 
 
 @nb.njit(**_JIT)
