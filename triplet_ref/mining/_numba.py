@@ -28,8 +28,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import _blocks
-
 __all__ = ["Body", "Accelerated", "force_body", "body", "numba_available", "ENV"]
 
 #: the environment variable that selects the kernels' body
@@ -113,6 +111,12 @@ def numba_available() -> bool:
 
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: rows with more positives (terms) than this go to the NumPy body: the compiled pass is
+#: O(K·C) per row, NumPy's SIMD sort O(C log C) (measured, benchmarks/kernels.py: the
+#: compiled pass 2–6× faster at K = 63, slower at K ≈ 1000).  Read at call time (tests
+#: lower it to hand rows over).
+COMPILED_K = 128
 
 
 def _use_numba(d: np.ndarray, name: str, auto: bool) -> bool:
@@ -204,7 +208,7 @@ def _hinge_forward(k, numpy_body, d, pos, neg, margin):
     out = np.zeros(d.shape, dtype=d.dtype)
     count = np.zeros(d.shape, dtype=np.int32)
     many = np.zeros(d.shape[0], dtype=bool)
-    _run(k.hinge_forward, d, pos, neg, *_pm(d, margin), _blocks.SMALL_K, out, count, many)
+    _run(k.hinge_forward, d, pos, neg, *_pm(d, margin), COMPILED_K, out, count, many)
     _hand_off(many, numpy_body, (out, count), d, pos, neg, margin)
     return out, count
 
@@ -215,7 +219,7 @@ def _hinge_backward(k, numpy_body, d, pos, neg, margin, grad, count):
     count = _c(np.broadcast_to(np.asarray(count, dtype=np.int32), d.shape))
     out = np.zeros(d.shape, dtype=d.dtype)
     many = np.zeros(d.shape[0], dtype=bool)
-    _run(k.hinge_backward, d, pos, neg, *_pm(d, margin), _blocks.SMALL_K, grad, count, out, many)
+    _run(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out, many)
     _hand_off(many, numpy_body, (out,), d, pos, neg, margin, grad, count)
     return out
 
@@ -243,7 +247,7 @@ def _semihard_choice(k, numpy_body, d, neg, term):
     chosen = np.zeros(d.shape, dtype=np.int64)
     semi = np.zeros(d.shape, dtype=bool)
     many = np.zeros(d.shape[0], dtype=bool)
-    _run(k.semihard_choice, d, neg, term, d.dtype.type(0), _blocks.SMALL_K, chosen, semi, many)
+    _run(k.semihard_choice, d, neg, term, d.dtype.type(0), COMPILED_K, chosen, semi, many)
     _hand_off(many, numpy_body, (chosen, semi), d, neg, term)
     return chosen, semi
 

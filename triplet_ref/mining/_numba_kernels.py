@@ -6,7 +6,7 @@ the compile time and would compete with the BLAS threads on a 2-core machine), O
 scratch per block, no (B, B) temporary.  Each row: one pass collects its positives and
 its negatives (compacted), then one vectorised pass over the negatives per positive:
 O(K·C) per row, the fastest form for few positives (P×K batches).  A row with more than ``small_k`` positives
-(``_blocks.SMALL_K``) is left to the NumPy body, which sorts it with a SIMD sort (a
+(``_numba.COMPILED_K``) is left to the NumPy body, which sorts it with a SIMD sort (a
 comparison sort compiled here is several times slower on fresh data): the kernels
 flag those rows in ``many`` and :mod:`._numba` runs the NumPy body on them.
 
