@@ -88,6 +88,32 @@ def test_numba_body_equals_numpy_body(monkeypatch, regime, dtype, small_k):
             _check_all(d, pos, neg, g, margin, dtype, soft=margin == 1.0)
 
 
+def test_rows_handed_to_the_numpy_body(monkeypatch):
+    # one class of 6 (5 positives per anchor) among pairs: with COMPILED_K = 3 its 6 rows
+    # go to the NumPy body, the rest compiled; with most rows over the limit the NumPy
+    # body runs the whole call
+    monkeypatch.setattr(_numba, "COMPILED_K", 3)
+    kernels = (HINGE.kernel.forward, HINGE.kernel.backward, CHOICE.kernel.forward)
+    calls = {k: [] for k in kernels}
+    for k in kernels:
+        body = k.numpy
+        monkeypatch.setattr(k, "numpy", lambda *a, k=k, body=body: (calls[k].append(a[0].shape[0]), body(*a))[1])
+    y_mixed = np.concatenate([np.zeros(6, int), np.repeat(np.arange(1, 12), 2)])
+    y_most = np.concatenate([np.zeros(20, int), np.arange(1, 9)])
+    for y, rows in ((y_mixed, 6), (y_most, 28)):
+        x = np.random.default_rng(1).standard_normal((y.size, 3))
+        d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+        pos = (y[:, None] == y[None]) & ~np.eye(y.size, dtype=bool)
+        neg = y[:, None] != y[None]
+        g = np.random.default_rng(2).standard_normal(d.shape)
+        _check_all(d, pos, neg, g, 0.5, np.float64, soft=False)
+        # each kernel's numba call handed `rows` rows to the NumPy body (besides the
+        # checks' own NumPy-body call with every row)
+        for k in kernels:
+            assert sorted(calls[k]) == sorted([rows, y.size]), (k, calls[k])
+            calls[k].clear()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_negative_zero_and_ties_go_to_the_smallest_index(dtype):
     # −0.0 equals +0.0: a tie (smallest index), never "beyond" 0.0

@@ -185,14 +185,17 @@ def _hand_off(many, numpy_body, outs, *arrays):
     rows = np.flatnonzero(many)
     if rows.size == 0:
         return
-    if rows.size == many.size:  # every row: no copies
-        sub = numpy_body(*arrays)
-        for o, r in zip(outs, sub if isinstance(sub, tuple) else (sub,)):
-            o[...] = r
-        return
     sub = numpy_body(*(a[rows] if a.ndim == 2 else a for a in arrays))
     for o, r in zip(outs, sub if isinstance(sub, tuple) else (sub,)):
         o[rows] = r
+
+
+def _mostly_many(k, mask) -> bool:
+    """Whether half the rows or more have more than ``COMPILED_K`` terms: then the NumPy
+    body runs the whole call (handing most rows over would only add copies)."""
+    n = np.empty(mask.shape[0], dtype=np.int64)
+    _run(k.row_counts, mask, n)
+    return 2 * int(np.count_nonzero(n > COMPILED_K)) >= mask.shape[0]
 
 
 def _run(fn, *args):
@@ -205,6 +208,8 @@ def _run(fn, *args):
 
 def _hinge_forward(k, numpy_body, d, pos, neg, margin):
     d, pos, neg = _c(d), _c(pos), _c(neg)
+    if _mostly_many(k, pos):
+        return numpy_body(d, pos, neg, margin)
     out = np.zeros(d.shape, dtype=d.dtype)
     count = np.zeros(d.shape, dtype=np.int32)
     many = np.zeros(d.shape[0], dtype=bool)
@@ -217,6 +222,8 @@ def _hinge_backward(k, numpy_body, d, pos, neg, margin, grad, count):
     d, pos, neg = _c(d), _c(pos), _c(neg)
     grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
     count = _c(np.broadcast_to(np.asarray(count, dtype=np.int32), d.shape))
+    if _mostly_many(k, pos):
+        return numpy_body(d, pos, neg, margin, grad, count)
     out = np.zeros(d.shape, dtype=d.dtype)
     many = np.zeros(d.shape[0], dtype=bool)
     _run(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out, many)
@@ -244,6 +251,8 @@ def _soft_backward(k, numpy_body, d, pos, neg, margin, grad, slope):
 
 def _semihard_choice(k, numpy_body, d, neg, term):
     d, neg, term = _c(d), _c(neg), _c(term)
+    if _mostly_many(k, term):
+        return numpy_body(d, neg, term)
     chosen = np.zeros(d.shape, dtype=np.int64)
     semi = np.zeros(d.shape, dtype=bool)
     many = np.zeros(d.shape[0], dtype=bool)
