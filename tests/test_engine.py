@@ -286,10 +286,13 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
         for key in ("num_positive", "semihard_negative"):
             if key in oinfo:
                 np.testing.assert_array_equal(np.asarray(info[key]), np.asarray(oinfo[key]))
-    # the portable soft step's anchor blocks (b × B × B elements each) likewise
+    # the portable soft step's anchor blocks (b × B × B elements each, the static-shape
+    # version jax.jit runs) likewise: forced here by hiding the labels' values
+    from triplet_ref.backends import _scale
     from triplet_ref.mining import batch_all as mba
 
     monkeypatch.setattr(mba, "_SOFT_BLOCK_ELEMENTS", rows_per_block * x.shape[0] ** 2)
+    monkeypatch.setattr(_scale, "concrete_int", lambda v: None)
     with M.force("portable", M.BATCH_ALL_SOFT):
         got = tr.batch_all(y, x, MARGIN, soft=True)
     _close(got, _oracle("batch_all_soft", regime, "mean")[0], "batch_all_soft blocks")
@@ -300,6 +303,66 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
     for k in range(2):
         want = _oracle_directional("batch_all", regime, k)
         assert float(np.sum(g.numpy() * _direction(x.shape, k))) == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def _soft_rows_loops(d, pos, neg, m):
+    """Plain loops (float64): the batch-all softplus row sums, their margin slopes and counts."""
+    B, R = d.shape
+    L, S, C = np.zeros((B, R)), np.zeros((B, R)), np.zeros((B, R), dtype=np.int64)
+    for a in range(B):
+        for p in range(R):
+            if pos[a, p]:
+                for n in range(R):
+                    if neg[a, n]:
+                        t = d[a, p] - d[a, n] + m
+                        L[a, p] += np.logaddexp(0.0, t)
+                        S[a, p] += 1.0 / (1.0 + np.exp(-t))
+                        C[a, p] += 1
+    return L, C, S
+
+
+@pytest.mark.parametrize("regime", ["pk4", "big_class_singletons", "two_classes", "all_distinct"])
+def test_portable_soft_rows_per_positive_slot(request, xp, regime):
+    """The portable soft step (one pass per positive slot, over the anchors that have one)
+    against plain loops, on a rectangular (B, R) problem (a reference set) with anchors of
+    very different numbers of positives."""
+    if xp.name == "jax" and not request.config.getoption("--runslow"):
+        pytest.skip("slow: eager jax compiles every operation per shape (--runslow)")
+    from triplet_ref.backends._base import resolve
+    from triplet_ref.mining import batch_all as mba
+
+    rng = np.random.default_rng(3)
+    y = make_labels(regime, 12, seed=1)
+    ry = np.concatenate([y, make_labels(regime, 9, seed=2)])
+    d = rng.uniform(0.0, 3.0, size=(12, ry.size))
+    pos = (y[:, None] == ry[None, :])
+    pos[np.arange(12), np.arange(12)] = False
+    neg = y[:, None] != ry[None, :]
+    ctx, D, _ = resolve(xp.asarray(d, "float64"), None, None)
+    got = mba.soft_rows(ctx, D, xp.asarray(pos), xp.asarray(neg), 0.3)
+    for g, w, what in zip(got, _soft_rows_loops(d, pos, neg, 0.3), ("L", "count", "slope")):
+        np.testing.assert_allclose(np.asarray(xp.to_numpy(g), dtype=np.float64), w, rtol=1e-12, atol=1e-12,
+                                   err_msg=what)
+
+
+@pytest.mark.parametrize("regime", ["big_class_singletons", pytest.param("pk4", marks=pytest.mark.slow)])
+def test_portable_soft_under_jax_jit(regime):
+    """Under jax.jit the labels are traced: the portable soft step takes its static-shape
+    anchor blocks; value and gradient against the oracle."""
+    jax = pytest.importorskip("jax")
+    y, x = _data(regime, shape=(12, 3))
+    want = O.batch_all(y, x, MARGIN, soft=True, reduction="sum")
+
+    def f(z, lab):
+        with M.force("portable", M.BATCH_ALL_SOFT):
+            return tr.batch_all(lab, z, MARGIN, soft=True, reduction="sum")
+
+    X = jax.numpy.asarray(x, dtype=jax.numpy.float64)
+    value, grad = jax.jit(jax.value_and_grad(f))(X, jax.numpy.asarray(y))
+    assert float(value) == pytest.approx(float(want), rel=1e-9, abs=1e-12)
+    for k in range(2):
+        fd = _oracle_directional("batch_all_soft", regime, k, shape=(12, 3))
+        assert float(np.sum(np.asarray(grad) * _direction(x.shape, k))) == pytest.approx(fd, rel=1e-5, abs=1e-6)
 
 
 # --- the dispatcher ------------------------------------------------------------------------
