@@ -25,15 +25,20 @@ from triplet_ref.testing.regimes import REGIMES, make_labels
 # in one row block or in blocks of a few rows (the kernels' block-local row/column
 # bookkeeping), by the NumPy body; the numba body, alone or with rows handed back
 BRANCHES = {"few": (16, None, "numpy"), "many": (0, None, "numpy"), "few-blocks": (16, 64, "numpy"),
-            "many-blocks": (0, 64, "numpy"), "numba": (16, None, "numba"), "numba-mixed": (3, None, "numba")}
+            "many-blocks": (0, 64, "numpy"), "numba": (16, None, "numba"), "numba-mixed": (16, None, "numba-3")}
 TOL = {np.float32: 2e-4, np.float64: 1e-9}
 
 
 @pytest.fixture(params=list(BRANCHES))
 def branch(request, monkeypatch):
     small_k, block, body = BRANCHES[request.param]
+    body, _, compiled_k = body.partition("-")
     if body == "numba" and not mining.numba_available():
         pytest.skip("numba is not installed (pip install 'triplet_ref[numba]')")
+    if compiled_k:  # rows with more positives: handed back to the NumPy body
+        from triplet_ref.mining import _numba
+
+        monkeypatch.setattr(_numba, "COMPILED_K", int(compiled_k))
     monkeypatch.setattr(_blocks, "SMALL_K", small_k)
     if block is not None:
         monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", block)

@@ -5,7 +5,7 @@ The NumPy body is checked against the oracles elsewhere (``test_mining_kernels.p
 give the NumPy body's results on the kernels' own inputs: every label regime, float32
 and float64, exact ties, ``-0.0``, NaN, reference sets (``d`` of shape (B, R)), margins
 below the distances' rounding step, and rows handed back to the NumPy body (more
-positives than ``_blocks.SMALL_K``).  Counts and indices exactly; sums within rounding.
+positives than ``_numba.COMPILED_K``).  Counts and indices exactly; sums within rounding.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import triplet_ref as tr
 from triplet_ref import mining as M
 from triplet_ref import oracles
-from triplet_ref.mining import _blocks, _numba
+from triplet_ref.mining import _numba
 from triplet_ref.mining.batch_all import HINGE, SOFT
 from triplet_ref.mining.semihard import CHOICE
 from triplet_ref.testing.regimes import REGIMES, make_labels
@@ -75,17 +75,43 @@ def _check_all(d, pos, neg, g, margin, dtype, soft=True):
     _same(a[1], b[1], dtype, "semi-hard flag")
 
 
-# SMALL_K: every row compiled (16), some rows handed to the NumPy body (3; every row
-# handed: test_mining_kernels' "many" branches)
-@pytest.mark.parametrize("small_k", [16, 3])
+# COMPILED_K: every row compiled (128), rows with more than 3 positives handed to the
+# NumPy body (3)
+@pytest.mark.parametrize("small_k", [128, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("regime", REGIMES)
 def test_numba_body_equals_numpy_body(monkeypatch, regime, dtype, small_k):
-    monkeypatch.setattr(_blocks, "SMALL_K", small_k)
+    monkeypatch.setattr(_numba, "COMPILED_K", small_k)
     for seed, ties, refs in ((0, False, 0), (1, True, 0), (2, True, 7)):
         d, pos, neg, g = _inputs(regime, dtype, seed, ties, refs)
         for margin in (1.0, 0.0, 1e-20):
             _check_all(d, pos, neg, g, margin, dtype, soft=margin == 1.0)
+
+
+def test_rows_handed_to_the_numpy_body(monkeypatch):
+    # one class of 6 (5 positives per anchor) among pairs: with COMPILED_K = 3 its 6 rows
+    # go to the NumPy body, the rest compiled; with most rows over the limit the NumPy
+    # body runs the whole call
+    monkeypatch.setattr(_numba, "COMPILED_K", 3)
+    kernels = (HINGE.kernel.forward, HINGE.kernel.backward, CHOICE.kernel.forward)
+    calls = {k: [] for k in kernels}
+    for k in kernels:
+        body = k.numpy
+        monkeypatch.setattr(k, "numpy", lambda *a, k=k, body=body: (calls[k].append(a[0].shape[0]), body(*a))[1])
+    y_mixed = np.concatenate([np.zeros(6, int), np.repeat(np.arange(1, 12), 2)])
+    y_most = np.concatenate([np.zeros(20, int), np.arange(1, 9)])
+    for y, rows in ((y_mixed, 6), (y_most, 28)):
+        x = np.random.default_rng(1).standard_normal((y.size, 3))
+        d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+        pos = (y[:, None] == y[None]) & ~np.eye(y.size, dtype=bool)
+        neg = y[:, None] != y[None]
+        g = np.random.default_rng(2).standard_normal(d.shape)
+        _check_all(d, pos, neg, g, 0.5, np.float64, soft=False)
+        # each kernel's numba call handed `rows` rows to the NumPy body (besides the
+        # checks' own NumPy-body call with every row)
+        for k in kernels:
+            assert sorted(calls[k]) == sorted([rows, y.size]), (k, calls[k])
+            calls[k].clear()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -6,7 +6,7 @@ the compile time and would compete with the BLAS threads on a 2-core machine), O
 scratch per block, no (B, B) temporary.  Each row: one pass collects its positives and
 its negatives (compacted), then one vectorised pass over the negatives per positive:
 O(K·C) per row, the fastest form for few positives (P×K batches).  A row with more than ``small_k`` positives
-(``_blocks.SMALL_K``) is left to the NumPy body, which sorts it with a SIMD sort (a
+(``_numba.COMPILED_K``) is left to the NumPy body, which sorts it with a SIMD sort (a
 comparison sort compiled here is several times slower on fresh data): the kernels
 flag those rows in ``many`` and :mod:`._numba` runs the NumPy body on them.
 
@@ -24,7 +24,8 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-__all__ = ["hinge_forward", "hinge_backward", "soft_forward", "soft_backward", "semihard_choice"]
+__all__ = ["hinge_forward", "hinge_backward", "soft_forward", "soft_backward", "semihard_choice",
+           "row_counts"]
 
 _JIT = dict(cache=True, nogil=True)
 _PARALLEL = False  # True: blocks of rows on numba's thread pool
@@ -110,6 +111,13 @@ def _count(mask_row):
     for c in range(mask_row.shape[0]):
         k += 1 if mask_row[c] else 0
     return k
+
+
+@nb.njit(**_JIT)
+def row_counts(mask, out):
+    """``out[a]`` = the number of ``True`` in row ``a``."""
+    for a in range(mask.shape[0]):
+        out[a] = _count(mask[a])
 
 
 @nb.njit(**_JIT)
