@@ -3,10 +3,14 @@
     python benchmarks/regime_ratios.py                      # numpy forward, B = 4096
     python benchmarks/regime_ratios.py --backend torch --mode forward_backward
     TRIPLET_REF_NUMBA=0 python benchmarks/regime_ratios.py  # the pure-NumPy kernels
+    OPENBLAS_NUM_THREADS=1 python benchmarks/regime_ratios.py --cpu   # single-core CPU time
 
 For each loss, the P×K (K = 4) batch and every other regime of
 ``triplet_ref.testing.regimes.REGIMES`` run alternately, ``--repeat`` rounds, best time of
 each; each regime is printed as its ratio to P×K with the target (≤ 2×) met / not met.
+``--cpu`` times the calling thread's CPU time instead of the wall clock, with the kernels'
+threads off: single-core work, which a loaded machine disturbs much less than wall time
+(run it with ``OPENBLAS_NUM_THREADS=1`` so the distances' GEMM is counted too).
 ``benchmarks/run.py --labels`` measures the same in fresh subprocesses (one configuration
 at a time, so a loaded machine shifts the ratios more); this script is the quick check.
 """
@@ -36,6 +40,7 @@ def main(argv=None):
     p.add_argument("--losses", default="batch_all,batch_semihard")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--cpu", action="store_true", help="the calling thread's CPU time, kernel threads off")
     args = p.parse_args(argv)
     if args.backend == "numpy" and args.mode != "forward":
         p.error("numpy has no backward: --mode forward")
@@ -45,6 +50,12 @@ def main(argv=None):
             p.error(f"--losses: unknown {loss!r}")
     x = np.random.default_rng(0).standard_normal((args.b, args.dim)).astype(np.float32)
     regimes = ["pk4"] + [r for r in REGIMES if r != "pk4"]
+    clock = time.perf_counter
+    if args.cpu:
+        from triplet_ref.mining import _blocks
+
+        _blocks.THREAD_MIN_ELEMENTS = 1 << 62
+        clock = time.thread_time
 
     if args.backend == "torch":
         import torch
@@ -68,7 +79,8 @@ def main(argv=None):
             fn(yt, xg, args.margin).backward()
         return run
 
-    print(f"B={args.b} D={args.dim} {args.backend} {args.mode}, best of {args.repeat} "
+    print(f"B={args.b} D={args.dim} {args.backend} {args.mode}, best of {args.repeat}"
+          f"{' (CPU time, one thread)' if args.cpu else ''} "
           f"(TRIPLET_REF_NUMBA={os.environ.get('TRIPLET_REF_NUMBA', '')!r})")
     for loss in losses:
         jobs = {r: job(loss, r) for r in regimes}
@@ -77,9 +89,9 @@ def main(argv=None):
             f()
         for _ in range(args.repeat):
             for r, f in jobs.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 f()
-                best[r] = min(best[r], time.perf_counter() - t0)
+                best[r] = min(best[r], clock() - t0)
         base = best["pk4"]
         print(f"{loss}: pk4 {base * 1e3:.0f} ms")
         for r in regimes[1:]:
