@@ -241,6 +241,11 @@ def targets(doc):
                     note = "" if b == 4096 else " (target stated at B=4096)"
                     _le_target(out, f"{loss} {MODE_LABEL[mode]} B={b} [{be}] {regime}: ≤ 2× its {base} time{note}",
                                rows[b], get("triplet_ref", be, loss, mode, b), 2.0, why_missing)
+    # 10. float32 accuracy and the close-pair refinement's cost (issue #9.4): accuracy.py
+    if not gpu:
+        import accuracy
+
+        out.extend(accuracy.targets(doc.get("accuracy")))
     return out
 
 

@@ -227,6 +227,26 @@ def run_plan(plan, args, env, gpu, log):
 
 # ------------------------------------------------------------------ agreement
 
+def run_accuracy(args, env, gpu, log):
+    """``benchmarks/accuracy.py`` in a fresh process (CPU backends only): its JSON result,
+    or a failed row.  B = 4096 with --full, else 1024."""
+    if gpu:
+        return None
+    b = 4096 if args.full else 1024
+    cmd = [sys.executable, os.path.join(HERE, "accuracy.py"), "--json", "--b", str(b),
+           "--repeats", str(max(5, args.repeats))]
+    log(f"accuracy and refinement cost (benchmarks/accuracy.py --b {b}) ...")
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"rows": [{"mode": "all", "status": "failed", "reason": "timed out"}]}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("ACCURACY "):
+            return json.loads(line[len("ACCURACY "):])
+    tail = " | ".join((proc.stderr or "").strip().splitlines()[-3:])
+    return {"rows": [{"mode": "all", "status": "failed", "reason": f"exit code {proc.returncode}: {tail}"}]}
+
+
 def add_agreement(results, args, tol=1e-4):
     """Compare every value with triplet_ref's NumPy forward value on the same batch."""
     ref = {}
@@ -315,6 +335,9 @@ def parse_args(argv=None):
     p.add_argument("--results", action="store_true",
                    help="write to the committed benchmarks/results (results made on purpose)")
     p.add_argument("--tag", help="output name (default cpu-<n>core or the GPU's name)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also run benchmarks/accuracy.py (float32 accuracy vs float64 and the close-pair "
+                        "refinement's cost; about a minute on 2 cores, so --full only by default)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no per-configuration lines")
     args = p.parse_args(argv)
@@ -410,6 +433,9 @@ def main(argv=None) -> int:
         f"{args.threads} threads, budget {args.mem_budget_gib:g} GiB / {args.time_budget_s:g} s per call)")
     results, elapsed = run_plan(plan, args, worker_env(gpu, args.threads), gpu, log)
     add_agreement(results, args)
+    accuracy_doc = None
+    if args.accuracy or args.full:
+        accuracy_doc = run_accuracy(args, worker_env(gpu, args.threads), gpu, log)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["python benchmarks/run.py"] + [shlex.quote(a) for a in argv_list])
     settings = {k: v for k, v in vars(args).items() if k not in ("worker",)}
@@ -430,6 +456,7 @@ def main(argv=None) -> int:
         "notes": {f"{impls.IMPLS[i].label}: {loss}": n for i in impls.IMPLS
                   for loss, n in impls.IMPLS[i].notes.items()},
         "results": results,
+        "accuracy": accuracy_doc,
     }
     doc["targets"] = report.targets(doc)
     os.makedirs(args.out, exist_ok=True)

@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 try:
     import _worker
+    import accuracy
     import report
     import run
 finally:
@@ -67,3 +68,27 @@ def test_regime_and_soft_targets_are_ratios_of_one_run():
     assert got["batch_semihard fwd B=4096 [numpy] two_classes: ≤ 2× its pk4 time"]["status"] == "met"
     assert got["batch_all_soft fwd B=4096 [numpy]: ≤ 3× hinge batch_all"]["status"] == "met"
     assert got["batch_all_soft fwd B=1024 [numpy]: ≤ 3× hinge batch_all"]["status"] == "not met"
+
+
+def test_accuracy_row_plumbing_on_a_tiny_size():
+    """benchmarks/accuracy.py on NumPy at B = 16: the errors are the float64 oracle's, every
+    separation gets a line, the cost line carries a ratio; a failed mode and a sweep without
+    the row are reported as not measured; report.targets includes the lines (no timing
+    asserted)."""
+    acc = accuracy.measure(("numpy",), B=16, repeats=1, close_ratio=False)
+    (row,) = acc["rows"]
+    assert row["status"] == "ok", row
+    assert set(row["errors"]) == {"0.01", "0.001", "0.0001"}
+    for e in row["errors"].values():
+        assert 0 <= e["distances"] <= 1e-4 and 0 <= e["losses"] <= 1e-4
+    assert row["ratio"] == pytest.approx(row["refined_s"] / row["unrefined_s"])
+    lines = accuracy.targets(acc)
+    assert [t["status"] for t in lines[:3]] == ["met"] * 3
+    assert "refined ≤ 1.2× unrefined" in lines[3]["target"] and lines[3]["status"] in ("met", "not met")
+    acc["rows"].append({"mode": "jax.jit", "status": "failed", "reason": "ImportError: no jax"})
+    assert accuracy.targets(acc)[-1]["status"] == "not measured"
+    assert accuracy.targets(None)[0]["status"] == "not measured"
+    doc = {"settings": {"device": "cpu", "k": 4, "base_labels": "pk4"}, "results": [], "accuracy": acc}
+    names = [t["target"] for t in report.targets(doc)]
+    assert any("pairs 0.0001 apart [numpy]" in n for n in names)
+    assert run.parse_args(["--accuracy"]).accuracy and not run.parse_args([]).accuracy

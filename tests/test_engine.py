@@ -4,7 +4,9 @@ every label regime, against the oracles — values, info and gradients.
 ``impl`` forces the steps a loss uses (``triplet_ref.mining.force``): ``"portable"`` runs
 the array-API version on any backend (NumPy included), ``"native"`` the backend's native
 one (the NumPy kernels: directly on NumPy, as torch custom ops, through JAX
-``pure_callback``; torch's own distance kernel).  The label regimes are those of
+``pure_callback``; torch's own distance kernel).  The NumPy kernels have two bodies
+(``triplet_ref.mining.force_body``): ``"native-numpy"`` runs the pure-NumPy one,
+``"native-numba"`` the numba-compiled one (skipped without numba).  The label regimes are those of
 ``triplet_ref.testing.regimes``: P×K with K = 2, 4, 17 (16 positives per anchor: the
 kernels' small-K path at its limit) and 64 (the sorted path), two classes and one big
 class (sorted path), random labels with singletons, all distinct (no term at all).
@@ -15,6 +17,7 @@ JAX shape; every regime and the portable path on JAX with ``--runslow``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -38,7 +41,16 @@ SIZES = {"pk2": 40, "pk4": 40, "pk17": 34, "pk64": 130, "two_classes": 40,
 JAX_FAST = ("pk2", "two_classes", "all_distinct")
 JAX_FAST_SHAPE = (8, 2)
 MARGIN = 0.5
-IMPLS = ("portable", "native")
+IMPLS = ("portable", "native-numpy", "native-numba")
+
+
+@contextlib.contextmanager
+def _force(impl, step):
+    """Force ``step`` to ``impl`` (``"native-<body>"``: the native implementation, the
+    NumPy kernels with that body)."""
+    kind, _, body = impl.partition("-")
+    with M.force(kind, step), M.force_body(body or "auto"):
+        yield
 
 
 class Loss:
@@ -107,8 +119,10 @@ def _skip_if_slow(request, xp, regime, impl):
 
 def _steps_for(xp, loss, impl, like):
     """The step to force, or None when the backend has no such implementation."""
-    if impl == "native" and not M.has_native(loss.step, xp.backend, like):
+    if impl.startswith("native") and not M.has_native(loss.step, xp.backend, like):
         return None
+    if impl == "native-numba" and (loss.step.kernel is None or not M.numba_available()):
+        return None  # no NumPy kernel (torch's own distance kernel): one body only
     return loss.step
 
 
@@ -136,7 +150,7 @@ def test_forced_implementation_matches_the_oracle(request, xp, regime, impl):
             total = loss.fn(y, z, MARGIN, reduction="sum", **loss.kw)
             return (total, *loss.fn(y, z, MARGIN, return_info=True, **loss.kw))
 
-        with M.force(impl, step):
+        with _force(impl, step):
             total, mean, info = f(X)
         want_sum, _ = _oracle(loss.id, regime, "sum", shape)
         want, oinfo = _oracle(loss.id, regime, "mean", shape)
@@ -148,7 +162,8 @@ def test_forced_implementation_matches_the_oracle(request, xp, regime, impl):
                 np.testing.assert_array_equal(g, np.asarray(w), err_msg=f"{loss.id} info[{key}]")
             else:
                 _close(g, w, f"{loss.id} info[{key}]")
-    assert ran >= (1 if impl == "native" and xp.name in ("numpy", "jax") else 0)
+    native = impl == "native-numpy" or (impl == "native-numba" and M.numba_available())
+    assert ran >= (1 if native and xp.name in ("numpy", "jax") else 0)
 
 
 def _grid(regime, seed=1):
@@ -173,7 +188,7 @@ def test_forced_implementation_float32_ties_exact(request, xp, regime, impl):
         step = _steps_for(xp, loss, impl, X)
         if step is None or loss.id == "batch_all_soft":  # softplus is not exact
             continue
-        with M.force(impl, step):
+        with _force(impl, step):
             got, info = loss.fn(y, X, 1.0, metric="sqeuclidean", return_info=True)
         want, oinfo = loss.oracle(y, x, 1.0, metric="sqeuclidean", return_info=True)
         assert float(xp.to_numpy(got)) == pytest.approx(want, rel=1e-6, abs=1e-6), loss.id
@@ -217,7 +232,7 @@ def test_forced_implementation_gradient_matches_the_oracle(request, xp, regime, 
         step = _steps_for(xp, loss, impl, X)
         if step is None:
             continue
-        with M.force(impl, step):
+        with _force(impl, step):
             value, grad = xp.backend.value_and_grad(lambda z, loss=loss: loss.fn(y, z, MARGIN, reduction="sum", **loss.kw), X)
         _close(value, _oracle(loss.id, regime, "sum", shape)[0], f"{loss.id} value")
         assert np.all(np.isfinite(grad))
@@ -239,8 +254,10 @@ def test_learnable_margin_gradient_under_each_implementation(regime):
         expect = info["num_positive"] if loss.id.startswith("batch_all") else \
             round(info["num_valid"] * info["fraction_positive"])
         for impl in IMPLS:
+            if impl == "native-numba" and not M.numba_available():
+                continue
             m = torch.tensor(MARGIN, dtype=torch.float64, requires_grad=True)
-            with M.force(impl, loss.step):
+            with _force(impl, loss.step):
                 (g,) = torch.autograd.grad(loss.fn(y, X, m, reduction="sum", **loss.kw), (m,))
             if loss.id == "batch_all_soft":  # Σ sigmoid(arg): compare with the oracle's FD in m
                 f = lambda mm: O.batch_all(y, x, mm, soft=True, reduction="sum")  # noqa: E731
@@ -258,6 +275,7 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
     that batches of this size take many blocks, some without a term (singletons)."""
     y, x = _data(regime)
     monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", rows_per_block * x.shape[0])
+    monkeypatch.setenv("TRIPLET_REF_NUMBA", "0")  # row blocks are the NumPy body's
     for loss in LOSSES[:3]:
         if loss.id == "batch_all_soft":
             continue
@@ -268,10 +286,13 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
         for key in ("num_positive", "semihard_negative"):
             if key in oinfo:
                 np.testing.assert_array_equal(np.asarray(info[key]), np.asarray(oinfo[key]))
-    # the portable soft step's anchor blocks (b × B × B elements each) likewise
+    # the portable soft step's anchor blocks (b × B × B elements each, the static-shape
+    # version jax.jit runs) likewise: forced here by hiding the labels' values
+    from triplet_ref.backends import _scale
     from triplet_ref.mining import batch_all as mba
 
     monkeypatch.setattr(mba, "_SOFT_BLOCK_ELEMENTS", rows_per_block * x.shape[0] ** 2)
+    monkeypatch.setattr(_scale, "concrete_int", lambda v: None)
     with M.force("portable", M.BATCH_ALL_SOFT):
         got = tr.batch_all(y, x, MARGIN, soft=True)
     _close(got, _oracle("batch_all_soft", regime, "mean")[0], "batch_all_soft blocks")
@@ -282,6 +303,66 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
     for k in range(2):
         want = _oracle_directional("batch_all", regime, k)
         assert float(np.sum(g.numpy() * _direction(x.shape, k))) == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def _soft_rows_loops(d, pos, neg, m):
+    """Plain loops (float64): the batch-all softplus row sums, their margin slopes and counts."""
+    B, R = d.shape
+    L, S, C = np.zeros((B, R)), np.zeros((B, R)), np.zeros((B, R), dtype=np.int64)
+    for a in range(B):
+        for p in range(R):
+            if pos[a, p]:
+                for n in range(R):
+                    if neg[a, n]:
+                        t = d[a, p] - d[a, n] + m
+                        L[a, p] += np.logaddexp(0.0, t)
+                        S[a, p] += 1.0 / (1.0 + np.exp(-t))
+                        C[a, p] += 1
+    return L, C, S
+
+
+@pytest.mark.parametrize("regime", ["pk4", "big_class_singletons", "two_classes", "all_distinct"])
+def test_portable_soft_rows_per_positive_slot(request, xp, regime):
+    """The portable soft step (one pass per positive slot, over the anchors that have one)
+    against plain loops, on a rectangular (B, R) problem (a reference set) with anchors of
+    very different numbers of positives."""
+    if xp.name == "jax" and not request.config.getoption("--runslow"):
+        pytest.skip("slow: eager jax compiles every operation per shape (--runslow)")
+    from triplet_ref.backends._base import resolve
+    from triplet_ref.mining import batch_all as mba
+
+    rng = np.random.default_rng(3)
+    y = make_labels(regime, 12, seed=1)
+    ry = np.concatenate([y, make_labels(regime, 9, seed=2)])
+    d = rng.uniform(0.0, 3.0, size=(12, ry.size))
+    pos = (y[:, None] == ry[None, :])
+    pos[np.arange(12), np.arange(12)] = False
+    neg = y[:, None] != ry[None, :]
+    ctx, D, _ = resolve(xp.asarray(d, "float64"), None, None)
+    got = mba.soft_rows(ctx, D, xp.asarray(pos), xp.asarray(neg), 0.3)
+    for g, w, what in zip(got, _soft_rows_loops(d, pos, neg, 0.3), ("L", "count", "slope")):
+        np.testing.assert_allclose(np.asarray(xp.to_numpy(g), dtype=np.float64), w, rtol=1e-12, atol=1e-12,
+                                   err_msg=what)
+
+
+@pytest.mark.parametrize("regime", ["big_class_singletons", pytest.param("pk4", marks=pytest.mark.slow)])
+def test_portable_soft_under_jax_jit(regime):
+    """Under jax.jit the labels are traced: the portable soft step takes its static-shape
+    anchor blocks; value and gradient against the oracle."""
+    jax = pytest.importorskip("jax")
+    y, x = _data(regime, shape=(12, 3))
+    want = O.batch_all(y, x, MARGIN, soft=True, reduction="sum")
+
+    def f(z, lab):
+        with M.force("portable", M.BATCH_ALL_SOFT):
+            return tr.batch_all(lab, z, MARGIN, soft=True, reduction="sum")
+
+    X = jax.numpy.asarray(x, dtype=jax.numpy.float64)
+    value, grad = jax.jit(jax.value_and_grad(f))(X, jax.numpy.asarray(y))
+    assert float(value) == pytest.approx(float(want), rel=1e-9, abs=1e-12)
+    for k in range(2):
+        fd = _oracle_directional("batch_all_soft", regime, k, shape=(12, 3))
+        assert float(np.sum(np.asarray(grad) * _direction(x.shape, k))) == pytest.approx(fd, rel=1e-5, abs=1e-6)
 
 
 # --- the dispatcher ------------------------------------------------------------------------
@@ -340,9 +421,11 @@ def test_hypothesis_native_and_portable_equal_the_oracle(request, dtype):
                 continue
             want, oinfo = loss.oracle(y, x, margin, metric="sqeuclidean", return_info=True, **loss.kw)
             for impl in IMPLS:
-                if impl == "native" and loss.step.kernel is None:
+                if impl.startswith("native") and loss.step.kernel is None:
                     continue
-                with M.force(impl, loss.step):
+                if impl == "native-numba" and not M.numba_available():
+                    continue
+                with _force(impl, loss.step):
                     got, info = loss.fn(y, X, margin, metric="sqeuclidean", return_info=True, **loss.kw)
                 assert float(got) == pytest.approx(want, rel=1e-6, abs=1e-6), (loss.id, impl)
                 for key in ("num_valid", "num_positive", "semihard_negative"):

@@ -88,3 +88,20 @@ def test_testing_kit_imports_no_framework_nor_test_tools():
         assert not {"hypothesis", "pytest", "_pytest"} & {m.split(".")[0] for m in sys.modules}
     """).replace("\n", "\n        ")
     assert _loaded_after(code) == []
+
+
+def test_import_and_mining_steps_import_no_numba():
+    # numba (optional, `triplet_ref[numba]`) is imported by the first kernel call that
+    # selects it, never by importing the package or its mining engine
+    script = textwrap.dedent("""
+        import json, sys
+        import triplet_ref, triplet_ref.mining as m
+        m.STEPS, m.BATCH_ALL_HINGE.kernel.forward, m.Body.AUTO
+        print(json.dumps(sorted({k.split('.')[0] for k in sys.modules} & {"numba", "llvmlite"})))
+    """)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -3,6 +3,9 @@
 The kernels pick a branch by the largest number of positives per anchor (``SMALL_K``):
 one pass per positive for few, a per-row sort and search for many.  Small batches
 reach the second branch here by setting ``triplet_ref.mining._blocks.SMALL_K = 0``.
+Each kernel has two bodies (``triplet_ref.mining.force_body``): the NumPy branches run
+the pure-NumPy body; ``numba`` runs the compiled body (every row compiled) and
+``numba-mixed`` hands the rows with more than 3 positives back to the NumPy body.
 Also: the margin-rounding rule of issue #13 item 6 on every backend and implementation,
 the softplus kernel's gradients, and ``np.longdouble`` embeddings (#13 item 13).
 """
@@ -14,24 +17,33 @@ import pytest
 import triplet_ref as tr
 from triplet_ref import mining, oracles
 from triplet_ref.mining import _blocks
-from triplet_ref.mining.batch_all import (batch_all_backward, batch_all_forward, soft_backward,
-                                          soft_forward)
+from triplet_ref.mining.batch_all import batch_all_backward, batch_all_forward
 from triplet_ref.mining.semihard import semihard_choice
 from triplet_ref.testing.regimes import REGIMES, make_labels
 
-# (SMALL_K, row-block elements): one pass per positive / per-row sort and search, in one
-# row block or in blocks of a few rows (the kernels' block-local row/column bookkeeping)
-BRANCHES = {"few": (16, None), "many": (0, None), "few-blocks": (16, 64), "many-blocks": (0, 64)}
+# (SMALL_K, row-block elements, body): one pass per positive / per-row sort and search,
+# in one row block or in blocks of a few rows (the kernels' block-local row/column
+# bookkeeping), by the NumPy body; the numba body, alone or with rows handed back
+BRANCHES = {"few": (16, None, "numpy"), "many": (0, None, "numpy"), "few-blocks": (16, 64, "numpy"),
+            "many-blocks": (0, 64, "numpy"), "numba": (16, None, "numba"), "numba-mixed": (16, None, "numba-3")}
 TOL = {np.float32: 2e-4, np.float64: 1e-9}
 
 
 @pytest.fixture(params=list(BRANCHES))
 def branch(request, monkeypatch):
-    small_k, block = BRANCHES[request.param]
+    small_k, block, body = BRANCHES[request.param]
+    body, _, compiled_k = body.partition("-")
+    if body == "numba" and not mining.numba_available():
+        pytest.skip("numba is not installed (pip install 'triplet_ref[numba]')")
+    if compiled_k:  # rows with more positives: handed back to the NumPy body
+        from triplet_ref.mining import _numba
+
+        monkeypatch.setattr(_numba, "COMPILED_K", int(compiled_k))
     monkeypatch.setattr(_blocks, "SMALL_K", small_k)
     if block is not None:
         monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", block)
-    return request.param
+    with mining.force_body(body):
+        yield request.param
 
 
 def _batch(regime, B, dtype, seed, ties=False):
@@ -91,16 +103,16 @@ def test_kernel_gradients(branch, regime, dtype):
     m = np.asarray(0.7, dtype=dtype)
     for soft in (False, True):
         want_L, want_g = _torch_reference_grads(d, pos, neg, float(m), g, soft)
-        if soft:
-            L, count, slope = soft_forward(d, pos, neg, m)
-            got_g = soft_backward(d, pos, neg, m, g, slope)
+        if soft:  # through the steps' kernels: the body the branch selects
+            L, count, slope = mining.BATCH_ALL_SOFT.kernel.forward(d, pos, neg, m)
+            got_g = mining.BATCH_ALL_SOFT.kernel.backward(d, pos, neg, m, g, slope)
             # slope = ∂L/∂m = Σ_n σ(t): the positive side of the gradient with g = 1
             _, g1 = _torch_reference_grads(d, pos, neg, float(m), np.ones_like(g), True)
             np.testing.assert_allclose(np.where(pos, slope, 0), np.where(pos, g1, 0), rtol=tol, atol=tol)
             np.testing.assert_array_equal(count, np.where(pos, neg.sum(1)[:, None], 0))
         else:
-            L, count = batch_all_forward(d, pos, neg, m)
-            got_g = batch_all_backward(d, pos, neg, m, g, count)
+            L, count = mining.BATCH_ALL_HINGE.kernel.forward(d, pos, neg, m)
+            got_g = mining.BATCH_ALL_HINGE.kernel.backward(d, pos, neg, m, g, count)
         np.testing.assert_allclose(L, want_L, rtol=tol, atol=tol)
         np.testing.assert_allclose(got_g, want_g, rtol=tol, atol=tol)
 
@@ -156,3 +168,128 @@ def test_longdouble_embeddings(loss):
     assert got.dtype == np.longdouble  # computed in the input's precision
     want = getattr(oracles, name)(y, x, 0.5, reduction="none", **kw)
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=1e-9, atol=1e-9)
+
+
+# --- issue #9 item 3: the sorted branch (packed keys), per row group, in threads -----------
+
+def _dense_reference(d, pos, neg, m, g):
+    """The kernels' definitions, dense (B³), the hinge rule evaluated in ``d``'s dtype."""
+    with np.errstate(invalid="ignore"):  # inf - inf
+        return _dense_definitions(d, pos, neg, m, g)
+
+
+def _dense_definitions(d, pos, neg, m, g):
+    dt = d.dtype.type
+    t = (d[:, :, None] - d[:, None, :]) + dt(m)  # (a, p, n)
+    hit = pos[:, :, None] & neg[:, None, :] & (t > 0)
+    count = hit.sum(2)
+    L = np.where(hit, (d[:, :, None].astype(np.float64) + float(dt(m))) - d[:, None, :], 0).sum(2)
+    grad = g * count - np.einsum("apn,ap->an", hit, g.astype(np.float64))
+    # semi-hard: the nearest negative strictly farther (first index), else the farthest
+    far = np.where(neg[:, None, :] & (d[:, None, :] > d[:, :, None]), d[:, None, :], np.inf)
+    nearest = far.argmin(2)
+    strict = np.isfinite(far.min(2)) & pos
+    fallback = np.where(neg, d, -np.inf).argmax(1)
+    chosen = np.where(strict, nearest, fallback[:, None])
+    term = pos & neg.any(1)[:, None]
+    return L, count, grad, np.where(term, chosen, 0), strict & term, term
+
+
+def _mixed_batch(dtype, seed, ties):
+    """P×K (K = 4) plus one class of 40: rows of both branches in every row block."""
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.repeat(np.arange(20), 4), np.full(40, 99)])
+    y = y[rng.permutation(y.size)]
+    B = y.size
+    d = rng.random((B, B)) * 4
+    if ties:  # a coarse grid: many equal distances (negatives tie with positives)
+        d = np.round(d * 2) / 2
+    d = d.astype(dtype)
+    d[rng.random((B, B)) < 0.05] = -0.0  # -0.0 equals +0.0
+    np.fill_diagonal(d, 0)
+    pos = (y[:, None] == y[None, :]) & ~np.eye(B, dtype=bool)
+    neg = y[:, None] != y[None, :]
+    g = rng.standard_normal((B, B)).astype(dtype)
+    return d, pos, neg, g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("small_k", [16, 0])
+def test_sorted_branch_matches_the_dense_definition(monkeypatch, dtype, small_k):
+    """Rows with 3 and 39 positives share row blocks (blocks of 7 rows, sub-blocks of 2,
+    run in threads): the few-positives branch and the sorted one (float32: packed keys;
+    float64: per row) give the definitions' values, counts, grads and choices exactly."""
+    monkeypatch.setattr(_blocks, "SMALL_K", small_k)
+    monkeypatch.setattr(_blocks, "_BLOCK_ELEMENTS", 7 * 120)
+    monkeypatch.setattr(_blocks, "_SORT_BLOCK_ELEMENTS", 2 * 120)
+    monkeypatch.setattr(_blocks, "THREAD_MIN_ELEMENTS", 0)
+    for seed, ties in ((0, False), (1, True)):
+        d, pos, neg, g = _mixed_batch(dtype, seed, ties)
+        for m in (0.5, 0.0):
+            L_ref, count_ref, grad_ref, chosen_ref, semi_ref, term = _dense_reference(d, pos, neg, m, g)
+            L, count = batch_all_forward(d, pos, neg, np.asarray(m, dtype=dtype))
+            np.testing.assert_array_equal(count, count_ref)
+            np.testing.assert_allclose(L, L_ref, rtol=TOL[dtype], atol=TOL[dtype])
+            grad = batch_all_backward(d, pos, neg, np.asarray(m, dtype=dtype), g, count)
+            np.testing.assert_allclose(grad, grad_ref, rtol=TOL[dtype], atol=TOL[dtype])
+        chosen, semi = semihard_choice(d, neg, term)
+        np.testing.assert_array_equal(chosen, chosen_ref)
+        np.testing.assert_array_equal(semi, semi_ref)
+
+
+def test_sorted_branch_falls_back_per_row_for_negative_and_infinite_values(monkeypatch):
+    """Packed keys need values >= 0: a negative distance sends its sub-block to the per-row
+    branch; an infinite one keeps the packed keys (running sums in float64)."""
+    monkeypatch.setattr(_blocks, "SMALL_K", 0)
+    monkeypatch.setattr(_blocks, "_SORT_BLOCK_ELEMENTS", 4 * 120)
+    d, pos, neg, g = _mixed_batch(np.float32, 2, ties=True)
+    d[5, :] -= 1.0  # row 5 has negative values: per-row branch for its sub-block
+    d[17, np.flatnonzero(neg[17])[:3]] = np.inf  # row 17: an infinitely far negative
+    L_ref, count_ref, grad_ref, chosen_ref, semi_ref, term = _dense_reference(d, pos, neg, 0.5, g)
+    L, count = batch_all_forward(d, pos, neg, np.float32(0.5))
+    np.testing.assert_array_equal(count, count_ref)
+    np.testing.assert_allclose(L, L_ref, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(batch_all_backward(d, pos, neg, np.float32(0.5), g, count), grad_ref,
+                               rtol=2e-4, atol=2e-4)
+    chosen, semi = semihard_choice(d, neg, term)
+    np.testing.assert_array_equal(semi, semi_ref)
+    # an infinite negative is "strictly farther" than every finite positive
+    np.testing.assert_array_equal(chosen, chosen_ref)
+
+
+def test_running_sums_are_exact_fixed_point_or_float64():
+    rng = np.random.default_rng(0)
+    for reverse in (False, True):
+        x = (rng.standard_normal((5, 300)) * 10.0 ** rng.integers(-3, 4, (5, 1))).astype(np.float32)
+        want = np.cumsum(x[:, ::-1] if reverse else x, axis=1, dtype=np.float64)
+        want = want[:, ::-1] if reverse else want
+        np.testing.assert_allclose(_blocks.running_sums(x, reverse), want, rtol=1e-12, atol=1e-9)
+        x[2, 7] = np.inf  # not finite: a float64 running sum
+        got = _blocks.running_sums(x, reverse)
+        assert np.isinf(got[2, 7]) and np.isfinite(got[1]).all()
+    assert not _blocks.running_sums(np.zeros((2, 3), np.float32)).any()
+
+
+def test_thresholds_signed_zero_and_longdouble_decide_like_the_oracle():
+    # a sign bit in dp + m (-0.0 + -0.0) or a dtype without a bit-pattern step
+    # (np.longdouble): the nextafter path; the rule holds for every x >= 0
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64, np.longdouble):
+        dp = np.concatenate([np.abs(rng.standard_normal(500)) * 3, [-0.0, 0.0, 1e-30]]).astype(dtype)
+        for m in (0.0, -0.0, 1e-20, 0.3):
+            tau = _blocks.thresholds(dp, m)
+            for x in (tau, np.nextafter(tau, np.asarray(-np.inf, dtype)), np.zeros_like(tau)):
+                x = np.maximum(x, 0)
+                np.testing.assert_array_equal((dp - x) + dtype(m) > 0, x < tau)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_semihard_kernel_term_without_negatives(monkeypatch, dtype):
+    # a row whose terms have no negative at all: index 0, not semi-hard, on every branch
+    monkeypatch.setattr(_blocks, "SMALL_K", 0)
+    d = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]], dtype=dtype)
+    term = np.array([[False, True, True], [True, False, False], [False, False, False]])
+    neg = np.array([[False, False, False], [False, False, True], [False, False, False]])
+    chosen, semi = semihard_choice(d, neg, term)
+    np.testing.assert_array_equal(chosen, [[0, 0, 0], [2, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(semi, [[False, False, False], [True, False, False], [False] * 3])

@@ -114,6 +114,23 @@ def gram_sqdist(ctx: Context, x, squared: bool):
 # ------------------------------------------------------------------ close-pair refinement
 #: ``tau = CLOSE_PAIR_FACTOR · sqrt(eps)``: see ``close_pair_threshold``.
 CLOSE_PAIR_FACTOR = 100.0
+#: False only inside ``unrefined()`` (the benchmark's baseline): tau is then 0
+_REFINE = [True]
+
+
+class unrefined:
+    """Context manager for measurement only (``benchmarks/accuracy.py``): inside it the
+    close-pair refinement is switched off — ``close_pair_threshold`` returns 0, and every
+    backend then skips the search as well as the recomputation — so the distances are the
+    bare Gram formula's, as before the refinement existed.  Read when a function is traced
+    (``jax.jit``) or called; not thread-safe; not public API."""
+
+    def __enter__(self):
+        _REFINE[0] = False
+        return self
+
+    def __exit__(self, *exc):
+        _REFINE[0] = True
 
 
 def close_pair_threshold(xp, dtype) -> float:
@@ -126,8 +143,11 @@ def close_pair_threshold(xp, dtype) -> float:
     left to it therefore has relative error at most ``gamma·eps/tau = 0.16·sqrt(eps)`` on
     ``d²`` (5.5e-5 in float32, 2.4e-9 in float64; half that on ``d``), and every refined
     pair is a direct difference, accurate to a few eps.  tau is 0.035 in float32 (pairs
-    closer than ~0.26 of their norm are refined) and 1.5e-6 in float64.
+    closer than ~0.26 of their norm are refined) and 1.5e-6 in float64.  ``tau == 0``
+    (only inside :class:`unrefined`) means: no refinement, no search.
     """
+    if not _REFINE[0]:
+        return 0.0  # ``unrefined()``: no pair is close, nothing is searched
     return CLOSE_PAIR_FACTOR * float(xp.finfo(dtype).eps) ** 0.5
 
 

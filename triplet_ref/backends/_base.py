@@ -528,9 +528,11 @@ def _refine_sqdist(self, xp, x, d, w, tau, pairs):
     override it with a sparse (NumPy, torch) or a static-shape (JAX) version.
     """
     n = d.shape[0]
+    if n < 2 or tau <= 0:
+        return d
     thr = w * tau
     flag = d < (thr[:, None] + thr[None, :])
-    if n < 2 or not bool(xp.any(flag)):
+    if not bool(xp.any(flag)):
         return d
     dev = self.device_of(d)
     idx = xp.arange(n, device=dev)

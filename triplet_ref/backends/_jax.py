@@ -187,7 +187,26 @@ class JaxBackend(Backend):
         return _safe_sqrt(d2) if sqrt else d2
 
     def refine_sqdist(self, xp, x, d, w, tau, pairs):
-        return _refine_static(x, d, w, tau, pairs)
+        if tau <= 0:
+            return d
+        # d materialised first (see sqdist_from_gram)
+        return _refine_static(x, jax.lax.optimization_barrier(d), w, tau, pairs)
+
+    def sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
+        # the epilogue and the finish first (one fused pass over G, as without the
+        # refinement), then the close-pair test as one fused read of the result; the
+        # refinement (rare) runs only when it finds a pair (_refine_static).  The test's
+        # weights are the shifted rows' squared norms summed from x (equal to G's diagonal
+        # up to rounding): read from G's diagonal inside the fused test, XLA gathers them
+        # with a stride of B + 1 for every entry, which cost more than the test itself
+        d = self.finish_sqdist(xp, self.gram_to_sqdist(xp, G, sq), sqrt)
+        if tau <= 0:
+            return d  # distances.unrefined(): the bare Gram formula
+        # d materialised once: without the barrier XLA fuses the whole epilogue (with its
+        # transpose, the symmetrisation) into the test too, computing it twice
+        d = jax.lax.optimization_barrier(d)
+        xc = x - x[:1, :]
+        return _refine_static(x, d, jnp.sum(xc * xc, axis=1), tau, pairs, sqrt=sqrt)
 
     def sort_rows(self, xp, x):
         return jnp.sort(x, axis=-1)
@@ -253,17 +272,21 @@ _REFINE_PAIRS_PER_ROW = 16
 _REFINE_BLOCK = 16
 
 
-def _refine_static(x, d, w, tau, pairs):
-    """``Backend.refine_sqdist`` (contract in ``_base._refine_sqdist``) with static shapes:
-    nothing to do when no pair is close; up to 16·B close pairs are gathered with
+def _refine_static(x, d, w, tau, pairs, sqrt=False):
+    """``Backend.refine_sqdist`` (contract in ``_base._refine_sqdist``) with static shapes,
+    on ``d`` before (``sqrt=False``) or after (``sqrt=True``: ``d`` holds square roots of
+    the Gram values; refined values are square-rooted too) the finishing square root.
+
+    The test ``any close pair?`` is one fused reduction over ``d`` (``_any_close``); when it
+    is false nothing else runs. Otherwise up to 16·B close pairs are gathered with
     ``jnp.nonzero(size=...)`` and recomputed (``_sparse``), more take a dense row-block
     recomputation (``_dense``); then duplicates are canonicalised (``_canonical``).
     With concrete values (eager, also under ``jax.grad``) the choices are made in Python,
     so only the branch taken is compiled (once per shape); traced under ``jax.jit`` they
-    are ``lax.cond`` and only the sparse branch exists (at most 16·B close pairs refined).
-    Differentiable: refined pairs get the direct formula's gradient."""
+    are one ``lax.cond`` and only the sparse branch exists (at most 16·B close pairs
+    refined). Differentiable: refined pairs get the direct formula's gradient."""
     n = d.shape[0]
-    if n < 2:
+    if n < 2 or tau <= 0:
         return d
     size = min(n * (n - 1) // 2, _REFINE_PAIRS_PER_ROW * n)
     idx = jnp.arange(n)
@@ -272,19 +295,18 @@ def _refine_static(x, d, w, tau, pairs):
         # seconds of XLA compilation at every batch size, for data that rarely needs it:
         # beyond 16·B close pairs, under jax.jit, the rest keep their Gram value — documented)
         def refine(x, d, w):
-            upper, _ = _close_pairs(d, w, tau)
-            d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs)
+            upper, _ = _close_pairs(d, w, tau, sqrt)
+            d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs, sqrt=sqrt)
             return _canonical(d, rep)
 
-        return jax.lax.cond(_close_count(d, w, tau) > 0, refine, lambda x, d, w: d, x, d, w)
-    upper, count = _close_pairs(d, w, tau)
-    count = int(count)
-    if count == 0:
+        return jax.lax.cond(_any_close(d, w, tau, sqrt), refine, lambda x, d, w: d, x, d, w)
+    if not bool(_any_close(d, w, tau, sqrt)):
         return d
-    if count <= size:
-        d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs)
+    upper, count = _close_pairs(d, w, tau, sqrt)
+    if int(count) <= size:
+        d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs, sqrt=sqrt)
     else:
-        d, rep = _dense(x, d, w, upper, tau=tau, pairs=pairs)
+        d, rep = _dense(x, d, w, upper, tau=tau, pairs=pairs, sqrt=sqrt)
     return _canonical(d, rep) if bool(jnp.any(rep != idx)) else d
 
 
@@ -296,42 +318,55 @@ def _concrete(d) -> bool:
         return False
 
 
-@partial(jax.jit, static_argnums=(2,))
-def _close_count(d, w, tau):
-    """The number of close pairs ``i < j``, without materialising the mask."""
-    idx = jnp.arange(d.shape[0])
-    thr = w * tau
-    return jnp.sum((d < thr[:, None] + thr[None, :]) & (idx[:, None] < idx[None, :]))
-
-
-@partial(jax.jit, static_argnums=(2,))
-def _close_pairs(d, w, tau):
-    """The pairs ``i < j`` with ``d_ij < tau·(w_i + w_j)``, and their number."""
+def _close_mask(d, w, tau, sqrt, upper):
+    """``d²_ij < tau·(w_i + w_j)`` for ``i < j`` (``upper``) or ``i != j``; one fused
+    elementwise expression (no B×B temporary when it feeds a reduction)."""
     n = d.shape[0]
     idx = jnp.arange(n)
     thr = w * tau
-    upper = (d < thr[:, None] + thr[None, :]) & (idx[:, None] < idx[None, :])
+    d2 = d * d if sqrt else d
+    off = (idx[:, None] < idx[None, :]) if upper else (idx[:, None] != idx[None, :])
+    return (d2 < thr[:, None] + thr[None, :]) & off
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _any_close(d, w, tau, sqrt):
+    """Whether any off-diagonal pair is close: one read of ``d``, fused (the cheap test
+    every call pays; the refinement itself runs only when it is true)."""
+    # per row first: a row reduction fuses with the mask; a full one materialises it
+    return jnp.any(jnp.any(_close_mask(d, w, tau, sqrt, upper=False), axis=1))
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _close_pairs(d, w, tau, sqrt):
+    """The pairs ``i < j`` with ``d²_ij < tau·(w_i + w_j)``, and their number."""
+    upper = _close_mask(d, w, tau, sqrt, upper=True)
     return upper, jnp.sum(upper)
 
 
-@partial(jax.jit, static_argnames=("size", "pairs"))
-def _sparse(x, d, w, upper, *, size, pairs):
+def _direct(pairs, a, b, sqrt):
+    v = pairs(jnp, a, b)
+    return (_safe_sqrt(v), v) if sqrt else (v, v)
+
+
+@partial(jax.jit, static_argnames=("size", "pairs", "sqrt"))
+def _sparse(x, d, w, upper, *, size, pairs, sqrt):
     """Recompute up to ``size`` close pairs (``upper``); returns ``(d, rep)``, ``rep_i`` the
     first row equal to row ``i``."""
     n = d.shape[0]
     idx = jnp.arange(n)
     r, c = jnp.nonzero(upper, size=size, fill_value=0)
     a, b = x[r], x[c]
-    v = pairs(jnp, a, b)
+    v, v2 = _direct(pairs, a, b, sqrt)
     real = r < c  # the fill entries are (0, 0)
     v = jnp.where(real, v, d[r, c])
     d = d.at[r, c].set(v).at[c, r].set(v)
-    dup = real & (v == 0) & jnp.all(a == b, axis=-1)
+    dup = real & (v2 == 0) & jnp.all(a == b, axis=-1)
     return d, idx.at[c].min(jnp.where(dup, r, n))
 
 
-@partial(jax.jit, static_argnames=("tau", "pairs"))
-def _dense(x, d, w, upper, *, tau, pairs):
+@partial(jax.jit, static_argnames=("tau", "pairs", "sqrt"))
+def _dense(x, d, w, upper, *, tau, pairs, sqrt):
     """Recompute every close pair, one block of rows at a time (any number of them)."""
     n = d.shape[0]
     idx = jnp.arange(n)
@@ -344,9 +379,9 @@ def _dense(x, d, w, upper, *, tau, pairs):
         a = jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0)[:, None, :]
         fb = jax.lax.dynamic_slice_in_dim(close, s, bs, axis=0)
         db = jax.lax.dynamic_slice_in_dim(d, s, bs, axis=0)
-        v = pairs(jnp, a, x[None, :, :])
+        v, v2 = _direct(pairs, a, x[None, :, :], sqrt)
         d = jax.lax.dynamic_update_slice_in_dim(d, jnp.where(fb, v, db), s, axis=0)
-        dup = fb & (v == 0) & jnp.all(a == x[None, :, :], axis=-1)
+        dup = fb & (v2 == 0) & jnp.all(a == x[None, :, :], axis=-1)
         first = jnp.min(jnp.where(dup, idx[None, :], n), axis=1)
         return d, rep.at[s + jnp.arange(bs)].min(first)
 
@@ -361,8 +396,10 @@ def _canonical(d, rep):
     """``d[i, j] <- d[rep_i, rep_j]`` with ``d[r, r] = 0``: rows equal to row ``rep_i`` take
     its distances (exactly 0 apart, exactly equidistant from the others)."""
     n = d.shape[0]
-    d = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d.dtype), d)
-    return d[rep][:, rep]
+    d = jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), d.dtype), d)[rep]
+    # the column gather as take_along_axis: d[:, rep] makes XLA choose a column-major
+    # layout for the lax.cond result, and a transposing copy of B×B after it every call
+    return jnp.take_along_axis(d, jnp.broadcast_to(rep[None, :], d.shape), axis=1)
 
 
 @_canonical.defjvp

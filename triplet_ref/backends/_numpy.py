@@ -67,8 +67,17 @@ class NumpyBackend(Backend):
             g = G[i:i + step]
             g *= -2
             g += sq[i:i + step, None] + sq[None, :]
-            m = g < screen[i:i + step, None]
-            if m.any():
+            if tau > 0:
+                # the diagonal (d² ~ 0) to inf first, so that a block without a close pair
+                # costs one comparison and no nonzero (the diagonal is zeroed below)
+                k = np.arange(g.shape[0])
+                g[k, k + i] = np.inf
+            # a row minimum first: one read of the block, no boolean block written (a NaN
+            # minimum, from a NaN row, takes the full comparison: the other pairs count)
+            m = None
+            if tau > 0 and (~(g.min(axis=1) >= screen[i:i + step])).any():
+                m = g < screen[i:i + step, None]
+            if m is not None:
                 r, c = np.nonzero(m)
                 r += i
                 keep = c > r
@@ -116,7 +125,7 @@ def refine_sparse_inplace(xp, x, d, w, tau, pairs, sqrt=False, found=None):
     Gram values (the refined values are square-rooted too).
     """
     n = d.shape[0]
-    if n < 2:
+    if n < 2 or tau <= 0:
         return d
     thr = w * tau
     if found is None:

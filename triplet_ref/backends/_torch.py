@@ -403,9 +403,17 @@ def _pairwise_sqdist(x: Tensor, squared: bool, tau: float) -> Tensor:
         t = g[i:i2, i:]
         torch.add(sq[None, i:], t, alpha=-2, out=t)
         t.add_(sq[i:i2, None])
-        # close pairs (screened per row here, tested exactly in _refine_found)
-        m = t < screen[i:i2, None]
-        if bool(m.any()):
+        # close pairs (screened per row here, tested exactly in _refine_found); the
+        # diagonal (d² ~ 0) is set to inf first so that a stripe without a close pair
+        # costs one comparison and no nonzero (the diagonal is zeroed at the end)
+        # (a row minimum first: one read of the stripe, no boolean stripe written; a NaN
+        # minimum, from a NaN row, takes the full comparison: the other pairs still count)
+        if tau > 0:
+            t.diagonal().fill_(float("inf"))
+        m = None
+        if tau > 0 and bool((~(t.amin(dim=1) >= screen[i:i2])).any()):
+            m = t < screen[i:i2, None]
+        if m is not None:
             r, c = torch.nonzero(m, as_tuple=True)
             keep = c > r
             r, c = r[keep], c[keep]
@@ -433,7 +441,7 @@ def _(x, squared, tau):
 def _refine_close_pairs(x: Tensor, d: Tensor, w: Tensor, tau: float, kind: str) -> Tensor:
     """``Backend.refine_sqdist`` for torch (the cosine path): values only."""
     d = d.clone()
-    if d.shape[0] < 2:
+    if d.shape[0] < 2 or tau <= 0:
         return d
     thr = w * tau
     r, c, vals = _candidates(d, thr)

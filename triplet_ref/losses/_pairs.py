@@ -216,11 +216,12 @@ axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the lo
 chunk_size: ``None`` (default): the anchor rows per block chosen from a memory budget
   (1 GiB, or ``TRIPLET_REF_MEMORY_BUDGET`` bytes): unchunked up to ``B = 4096``
   (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond; ``0``: never
-  chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows. Each block
-  mines against the whole batch (or reference set) and its backward is done block
-  by block (torch ``"mean"``/``"sum"``: in the forward pass, first order only;
-  otherwise checkpointed and recomputed), so a call holds ``O(c·R)`` at a time
-  (docs/scaling.md, "Memory")."""
+  chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows (with
+  ``process_group`` / ``axis_name``: of the local anchors, against the global batch;
+  ``None`` does not chunk there). Each block mines against the whole batch (or
+  reference set) and its backward is done block by block (torch ``"mean"``/``"sum"``:
+  in the forward pass, first order only; otherwise checkpointed and recomputed), so
+  a call holds ``O(c·R)`` at a time (docs/scaling.md, "Memory")."""
 
 _SCALING_MARK = "{scaling}"
 

@@ -14,14 +14,29 @@ and JAX through ``pure_callback`` — bridges built once, generically, from the 
 :class:`Kernel` spec (``triplet_ref/backends/_torch.py``, ``_jax.py``).  On GPU the
 portable version runs.  The losses call :func:`run` only; :func:`force` makes every step
 run one implementation (``"portable"`` or ``"native"``), for tests.
+
+Each NumPy kernel has two bodies: pure NumPy (always) and a numba-compiled one
+(``_numba_kernels.py``, with the optional extra ``pip install 'triplet_ref[numba]'``),
+which makes one vectorised pass over each row's negatives per positive instead of
+NumPy's temporaries (rows with more than ``_numba.COMPILED_K`` positives still go to the
+NumPy body's SIMD sort).  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
+(numba where importable, for the kernels it makes faster: the batch-all hinge forward
+and backward and the semi-hard choice; the soft rows are slower compiled and stay
+NumPy), ``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
+numba), ``0`` → pure NumPy; :func:`force_body` overrides it in a ``with`` block (tests).
+numba is imported on the first kernel call that selects it, never by ``import
+triplet_ref``; each kernel compiles on first use per dtype (float32, float64; others
+run the NumPy body) and is cached on disk (``cache=True``).
 """
 from __future__ import annotations
 
 from ._dispatch import Impl, Kernel, NativeUnsupported, Step, force, forced, has_native, implementation, run
+from ._numba import Body, body, force_body, numba_available
 from .sqdist import SQDIST
 
 __all__ = [
     "Impl", "Kernel", "NativeUnsupported", "Step", "force", "forced", "has_native", "implementation", "run",
+    "Body", "body", "force_body", "numba_available",
     "STEPS", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
 ]
 

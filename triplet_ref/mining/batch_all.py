@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses._common import as_float, count_true, scalar
-from . import _blocks
+from . import _blocks, _numba
 from ._blocks import _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
@@ -76,14 +76,87 @@ def hinge_rows(ctx, d, pos, neg, m):
 
 
 def soft_rows(ctx, d, pos, neg, m):
-    """softplus version: ``(L, count, slope)`` (``slope = ∂L/∂m = Σ_n σ(t)``), blocks of
-    anchors, each ``(b, B, B)`` with b·B² ≤ the budget: O(B³) time, O(B²) memory."""
+    """softplus version: ``(L, count, slope)`` at positive pairs (0 elsewhere), shapes
+    ``(B, R)``:
+
+      ``L[a, p] = Σ_n softplus(d(a,p) − d(a,n) + m)``, ``slope[a, p] = ∂L/∂m = Σ_n σ(·)``,
+      ``count[a, p] = #negatives of a`` (softplus > 0: every valid triplet counts),
+
+    sums over the negatives ``n`` of anchor ``a``; ``count`` in the index dtype.
+
+    Complexity (``K_max`` the most positives of one anchor, ``K̄`` the mean):
+
+    * labels known (eager NumPy, torch, CuPy, array-api-strict, eager JAX also under
+      ``jax.grad``): one pass per positive slot ``k = 1 … K_max``, over the rows of the
+      anchors that have a ``k``-th positive only — ``O(B·R·K̄)`` time in all, ``O(B·R)``
+      memory per slot (under autograd the slots' ``(rows, R)`` intermediates are kept for the
+      backward pass: ``O(B·R·K̄)``);
+    * labels traced (``jax.jit``: ``K_max`` is not known when the function is traced, and
+      the shapes must be static): blocks of anchors, ``(b, R, R)`` each with
+      ``b·R² ≤ 2²²`` elements (at least one anchor) — ``O(B·R²)`` time; memory: XLA does
+      not run the blocks one after the other, it keeps every block's ``(b, R, R)``
+      intermediate alive, so ``O(B·R²)`` (measured: 1.7 GiB of temporaries at B = 768 on
+      CPU) — not fixed (a static bound on the positives per anchor would be the way).
+    """
+    from ..backends._scale import concrete_int
+
     xp, be = ctx.xp, ctx.backend
     B, R = d.shape  # R = B, or the size of a reference set
+    idt = be.index_dtype(xp)
+    npos = count_true(ctx, pos, axis=1)
+    kmax = concrete_int(xp.max(npos)) if B and R else 0
+    if kmax is None:
+        return _soft_rows_blocks(ctx, d, pos, neg, m)
+    zero = scalar(ctx, 0)
+    mm = scalar(ctx, m)
+    izero = xp.zeros((), dtype=idt, device=ctx.device)
+    nneg = count_true(ctx, neg, axis=1)
+    count = xp.where(pos, nneg[:, None], izero)
+    if kmax == 0:  # no positive pair: zeros, still connected to d for autodiff
+        z = xp.where(pos, d, zero)
+        return z, count, z
+    # rank[a, j] = k for a's k-th positive (columns ascending)
+    rank = xp.cumulative_sum(xp.astype(pos, idt), axis=1)
+    sums, slopes = [], []
+    for k in range(1, kmax + 1):
+        kk = xp.asarray(k, dtype=idt, device=ctx.device)
+        has = npos >= kk  # the anchors with a k-th positive
+        nhas = concrete_int(count_true(ctx, has))
+        if nhas == B:
+            dk, rk, pk, nk = d, rank, pos, neg
+        else:
+            rows = xp.nonzero(has)[0]
+            dk, rk, pk, nk = (xp.take(a, rows, axis=0) for a in (d, rank, pos, neg))
+        dp = xp.sum(xp.where(pk & (rk == kk), dk, zero), axis=1)  # d(a, k-th positive)
+        t = dp[:, None] - dk + mm
+        sp = be.softplus(xp, t)
+        s = xp.sum(xp.where(nk, sp, zero), axis=1)
+        g = xp.sum(xp.where(nk, xp.exp(t - sp), zero), axis=1)  # σ(t) = e^{t − softplus(t)}
+        if nhas != B:
+            # back to all B anchors: anchor a is entry (#anchors before it that have one)
+            at = xp.cumulative_sum(xp.astype(has, idt)) - xp.ones((), dtype=idt, device=ctx.device)
+            at = xp.maximum(at, izero)
+            s = xp.where(has, xp.take(s, at), zero)
+            g = xp.where(has, xp.take(g, at), zero)
+        sums.append(s)
+        slopes.append(g)
+    # L[a, j] = sums[rank[a, j] − 1][a] at positives: one gather of (B, R) from (B, K_max)
+    at = xp.minimum(xp.maximum(rank - xp.ones((), dtype=idt, device=ctx.device), izero),
+                    xp.asarray(kmax - 1, dtype=idt, device=ctx.device))
+    L = xp.where(pos, be.take_rows(xp, xp.stack(sums, axis=1), at), zero)
+    slope = xp.where(pos, be.take_rows(xp, xp.stack(slopes, axis=1), at), zero)
+    return L, count, slope
+
+
+def _soft_rows_blocks(ctx, d, pos, neg, m):
+    """:func:`soft_rows` with static shapes (``jax.jit``): blocks of anchors, each
+    ``(b, R, R)`` with ``b·R² ≤ 2²²`` elements: O(B·R²) time (memory: see soft_rows)."""
+    xp, be = ctx.xp, ctx.backend
+    B, R = d.shape
     zero = scalar(ctx, 0)
     idt = be.index_dtype(xp)
-    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // (R * R)))
-    rows, counts, slopes = [], [], []
+    blk = max(1, min(B, _SOFT_BLOCK_ELEMENTS // max(1, R * R)))
+    rows, slopes = [], []
     for start in range(0, B, blk):
         stop = min(B, start + blk)
         da = d[start:stop, :]
@@ -92,11 +165,12 @@ def soft_rows(ctx, d, pos, neg, m):
         sp = be.softplus(xp, t)
         rows.append(xp.sum(xp.where(mask, sp, zero), axis=2))
         slopes.append(xp.sum(xp.where(mask, xp.exp(t - sp), zero), axis=2))  # σ(t) = e^{t − softplus(t)}
-        # softplus > 0 on all of R: every valid triplet is positive (docs/semantics.md)
-        counts.append(xp.sum(xp.astype(mask, idt), axis=2))
+    # softplus > 0 on all of R: every valid triplet is positive (docs/semantics.md), so the
+    # count of a positive pair is its anchor's number of negatives (no (b, R, R) count)
+    count = xp.where(pos, count_true(ctx, neg, axis=1)[:, None], xp.zeros((), dtype=idt, device=ctx.device))
     if len(rows) == 1:
-        return rows[0], counts[0], slopes[0]
-    return xp.concat(rows, axis=0), xp.concat(counts, axis=0), xp.concat(slopes, axis=0)
+        return rows[0], count, slopes[0]
+    return xp.concat(rows, axis=0), count, xp.concat(slopes, axis=0)
 
 
 # --- the NumPy kernel ------------------------------------------------------------------
@@ -107,55 +181,108 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
     ``count[a, p] = #{n: d(a,p) − d(a,n) + m > 0}`` (int32) at positive pairs, 0 elsewhere.
 
     Shapes ``(R, C)`` (d float32/float64/longdouble, masks bool); sums accumulate in
-    float64.  A term is positive exactly when the oracle's ``d(a,p) − d(a,n) + m > 0`` is
-    (:func:`._blocks.thresholds`).  Time: O(R·C·K) for at most ``SMALL_K`` positives per
-    anchor (one pass per positive), else O(R·C log C) (each row sorted once, its
-    thresholds searched in it).
+    float64.  A term is positive exactly when the oracle's ``d(a,p) − d(a,n) + m > 0`` is:
+    ``d(a,n) < τ`` (:func:`._blocks.thresholds`).  Each anchor takes one of three branches
+    by its number of positives K_a: at most ``SMALL_K``, one pass over the row per
+    positive (O(C·K_a)); more, one sort of the row's packed keys (O(C log C), float32
+    distances ``>= 0``); float64, ``np.longdouble`` or negative values, a sort and a
+    search per row (correct everywhere, not fast).
     """
     R, C = d.shape
     out = np.zeros((R, C), dtype=d.dtype)
     count = np.zeros((R, C), dtype=np.int32)
     m = d.dtype.type(margin)
-    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
-        rows = db.shape[0]
-        dp = db[r, c]
+    _blocks.for_row_groups(pos, (d, pos, neg), (out, count), lambda *a: _forward_few(*a, m),
+                           lambda *a: _forward_many(*a, m), _blocks.SMALL_K_THREADED)
+    return out, count
+
+
+def _forward_few(db, pb, nb, out, count, m):
+    """Few positives per anchor (P×K batches): one pass over the row per positive beats
+    sorting it.  Σ max(τ − d, 0) − c·(τ − v) = Σ (v − d) over the c counted negatives;
+    padded slots hold −inf and add nothing."""
+    rows = db.shape[0]
+    r, c = np.nonzero(pb)
+    slot, kmax = _blocks._slots(r, rows)
+    dp = db[r, c]
+    tau = _blocks.thresholds(dp, m)
+    v = dp.astype(np.float64) + np.float64(m)
+    dn = np.where(nb, db, np.inf)
+    T = np.full((rows, kmax), -np.inf, dtype=db.dtype)
+    T[r, slot] = tau
+    S = np.zeros((rows, kmax), dtype=np.float64)
+    K = np.zeros((rows, kmax), dtype=np.int32)
+    h = np.empty_like(dn)
+    for k in range(kmax):
+        np.subtract(T[:, k : k + 1], dn, out=h)
+        np.maximum(h, 0, out=h)
+        S[:, k] = np.add.reduce(h, axis=1, dtype=np.float64)
+        K[:, k] = np.count_nonzero(h, axis=1)
+    cnt = K[r, slot]
+    val = S[r, slot] - np.where(cnt > 0, cnt * (tau.astype(np.float64) - v), 0.0)
+    out[r, c] = np.maximum(val, 0.0)
+    count[r, c] = cnt
+
+
+def _hinge_rows(db, pb, nb, m):
+    """The block's rows sorted (:class:`._blocks.SortedRows`): ``τ`` at the positives
+    (category 0: a threshold sorts before a negative of equal value, ``d(a,n) < τ`` being
+    strict), the negatives' distances (1), anything else after them (2); None where the
+    values do not pack (a negative value)."""
+    v = db + db.dtype.type(0)  # -0.0 -> +0.0 (a copy)
+    at = np.flatnonzero(pb)
+    fv = v.reshape(-1)
+    fv[at] = _blocks.thresholds(fv[at], m)
+    if not _blocks.packable(v):
+        return None
+    return _blocks.SortedRows(v, pb, nb)
+
+
+def _forward_many(db, pb, nb, out, count, threaded, m):
+    """Many positives per anchor: per row, the thresholds and the negatives sorted
+    together once; a running count and sum of the negatives give every threshold's
+    ``#{n: d(a,n) < τ}`` and ``Σ d(a,n)`` over them, with no search."""
+    if db.dtype != np.float32:
+        return _forward_rows(db, pb, nb, out, count, m)
+    _blocks.sorted_sub_blocks(*db.shape, lambda sl: _forward_sorted(db[sl], pb[sl], nb[sl], out[sl], count[sl], m),
+                              threaded)
+
+
+def _forward_sorted(db, pb, nb, out, count, m):
+    srt = _hinge_rows(db, pb, nb, m)
+    if srt is None:
+        return _forward_rows(db, pb, nb, out, count, m)
+    is_neg = srt.category == np.uint32(1)
+    K = np.cumsum(is_neg, axis=1, dtype=np.int32)  # at a threshold: the negatives before it
+    S = _blocks.running_sums((srt.value.view(np.uint32) * is_neg).view(np.float32))  # their sum
+    at = srt.where(0)  # the thresholds, in sorted order
+    src = _blocks.flat(srt.source)[at]  # their columns (flat)
+    Kt = _blocks.flat(K)[at]
+    L = np.take(np.ascontiguousarray(db).reshape(-1), src).astype(np.float64)  # d(a,p)
+    L += np.float64(m)
+    L *= Kt
+    L -= _blocks.flat(S)[at]
+    np.maximum(L, 0.0, out=L)
+    _blocks.flat(out)[src] = L
+    _blocks.flat(count)[src] = Kt
+
+
+def _forward_rows(db, pb, nb, out, count, m):
+    """Any dtype and sign: per row, its negatives sorted once and every threshold
+    searched in them."""
+    C = db.shape[1]
+    ps = np.zeros(C + 1, dtype=np.float64)
+    for a in range(db.shape[0]):
+        cols = np.flatnonzero(pb[a])  # not empty: the group's rows hold a term
+        dp = db[a, cols]
         tau = _blocks.thresholds(dp, m)
         v = dp.astype(np.float64) + np.float64(m)
-        if kmax <= _blocks.SMALL_K:
-            # few positives per anchor (P×K batches): one pass over the row per positive
-            # beats sorting it.  Σ max(τ − d, 0) − c·(τ − v) = Σ (v − d) over the c
-            # counted negatives; padded slots hold −inf and add nothing.
-            dn = np.where(nb, db, np.inf)
-            T = np.full((rows, kmax), -np.inf, dtype=d.dtype)
-            T[r, slot] = tau
-            S = np.zeros((rows, kmax), dtype=np.float64)
-            K = np.zeros((rows, kmax), dtype=np.int32)
-            h = np.empty_like(dn)
-            for k in range(kmax):
-                np.subtract(T[:, k : k + 1], dn, out=h)
-                np.maximum(h, 0, out=h)
-                S[:, k] = np.add.reduce(h, axis=1, dtype=np.float64)
-                K[:, k] = np.count_nonzero(h, axis=1)
-            cnt = K[r, slot]
-            val = S[r, slot] - np.where(cnt > 0, cnt * (tau.astype(np.float64) - v), 0.0)
-            out[blk][r, c] = np.maximum(val, 0.0)
-            count[blk][r, c] = cnt
-            continue
-        # many positives per anchor: per row, its negatives sorted once and every
-        # threshold searched in them (the row stays in cache)
-        ob, cb = out[blk], count[blk]
-        start, stop = _blocks.row_spans(r, rows)
-        ps = np.zeros(C + 1, dtype=np.float64)
-        for a in np.flatnonzero(stop > start):
-            s, e = start[a], stop[a]
-            dn = db[a][nb[a]]
-            dn.sort()
-            np.cumsum(dn, dtype=np.float64, out=ps[1 : dn.size + 1])
-            k = np.searchsorted(dn, tau[s:e], side="left")  # #{n: d(a,n) < τ}
-            cols = c[s:e]
-            ob[a, cols] = np.maximum(k * v[s:e] - ps[k], 0.0)
-            cb[a, cols] = k
-    return out, count
+        dn = db[a][nb[a]]
+        dn.sort()
+        np.cumsum(dn, dtype=np.float64, out=ps[1 : dn.size + 1])
+        k = np.searchsorted(dn, tau, side="left")  # #{n: d(a,n) < τ}
+        out[a, cols] = np.maximum(k * v - ps[k], 0.0)
+        count[a, cols] = k
 
 
 @_quiet
@@ -164,46 +291,78 @@ def batch_all_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin,
     """Gradient of ``Σ grad ⊙ L`` with respect to ``d`` (shape and dtype of ``d``).
 
     ``∂/∂d(a,p) = grad[a,p]·count[a,p]`` and
-    ``∂/∂d(a,n) = −Σ_{p: d(a,p) − d(a,n) + m > 0} grad[a,p]``.
+    ``∂/∂d(a,n) = −Σ_{p: d(a,p) − d(a,n) + m > 0} grad[a,p]``; the branches of
+    :func:`batch_all_forward`.
     """
     R, C = d.shape
     out = np.zeros((R, C), dtype=d.dtype)
     m = d.dtype.type(margin)
     grad = np.broadcast_to(grad, (R, C))
-    for blk, r, c, db, nb, slot, kmax in _term_blocks(d, pos, neg):
-        gb, ob = grad[blk], out[blk]
-        ob[...] = np.where(pos[blk], gb * count[blk], 0)  # blocks without a term stay 0
-        rows = db.shape[0]
-        tau = _blocks.thresholds(db[r, c], m)
-        w = gb[r, c]
-        if kmax <= _blocks.SMALL_K:
-            T = np.full((rows, kmax), -np.inf, dtype=d.dtype)
-            W = np.zeros((rows, kmax), dtype=d.dtype)
-            T[r, slot] = tau
-            W[r, slot] = w
-            acc = np.zeros((rows, C), dtype=d.dtype)
-            tmp = np.empty_like(acc)
-            hit = np.empty(acc.shape, dtype=bool)
-            for k in range(kmax):
-                np.less(db, T[:, k : k + 1], out=hit)
-                np.multiply(hit, W[:, k : k + 1], out=tmp)
-                acc += tmp
-            np.multiply(acc, nb, out=acc)
-            ob -= acc
-            continue
-        # many positives per anchor: per row, its thresholds sorted and each negative
-        # searched in them; Σ grad over the thresholds above it
-        start, stop = _blocks.row_spans(r, rows)
-        for a in np.flatnonzero(stop > start):
-            s, e = start[a], stop[a]
-            t = tau[s:e]
-            o = np.argsort(t)
-            tail = np.zeros(e - s + 1, dtype=np.float64)
-            tail[:-1] = np.cumsum(w[s:e][o][::-1], dtype=np.float64)[::-1]  # Σ grad over τ > x
-            nc = np.flatnonzero(nb[a])
-            idx = np.searchsorted(t[o], db[a, nc], side="right")
-            ob[a, nc] -= tail[idx].astype(d.dtype)
+    _blocks.for_row_groups(pos, (d, pos, neg, grad, count), (out,), lambda *a: _backward_few(*a, m),
+                           lambda *a: _backward_many(*a, m), _blocks.SMALL_K_THREADED)
     return out
+
+
+def _backward_few(db, pb, nb, gb, cb, ob, m):
+    rows, C = db.shape
+    ob[...] = np.where(pb, gb * cb, 0)
+    r, c = np.nonzero(pb)
+    slot, kmax = _blocks._slots(r, rows)
+    tau = _blocks.thresholds(db[r, c], m)
+    T = np.full((rows, kmax), -np.inf, dtype=db.dtype)
+    W = np.zeros((rows, kmax), dtype=db.dtype)
+    T[r, slot] = tau
+    W[r, slot] = gb[r, c]
+    acc = np.zeros((rows, C), dtype=db.dtype)
+    tmp = np.empty_like(acc)
+    hit = np.empty(acc.shape, dtype=bool)
+    for k in range(kmax):
+        np.less(db, T[:, k : k + 1], out=hit)
+        np.multiply(hit, W[:, k : k + 1], out=tmp)
+        acc += tmp
+    np.multiply(acc, nb, out=acc)
+    ob -= acc
+
+
+def _backward_many(db, pb, nb, gb, cb, ob, threaded, m):
+    """Many positives per anchor: the keys of :func:`_forward_many`; a reverse running
+    sum of the thresholds' grads gives every negative its ``Σ grad`` over the thresholds
+    above it."""
+    if db.dtype != np.float32:
+        return _backward_rows(db, pb, nb, gb, cb, ob, m)
+    _blocks.sorted_sub_blocks(
+        *db.shape, lambda sl: _backward_sorted(db[sl], pb[sl], nb[sl], gb[sl], cb[sl], ob[sl], m), threaded)
+
+
+def _backward_sorted(db, pb, nb, gb, cb, ob, m):
+    srt = _hinge_rows(db, pb, nb, m)
+    if srt is None:
+        return _backward_rows(db, pb, nb, gb, cb, ob, m)
+    at = srt.where(0)  # the thresholds, in sorted order
+    src = _blocks.flat(srt.source)[at]
+    g = np.take(np.ascontiguousarray(gb).reshape(-1), src)  # grad may be a broadcast view
+    gs = np.zeros(db.shape, dtype=db.dtype)  # the positives' grads in sorted order, 0 elsewhere
+    _blocks.flat(gs)[at] = g
+    tail = _blocks.running_sums(gs, reverse=True)  # at a negative: Σ grad over τ > d(a,n)
+    _blocks.flat(ob)[src] = g * np.take(np.ascontiguousarray(cb).reshape(-1), src)
+    neg = srt.where(1)
+    _blocks.flat(ob)[_blocks.flat(srt.source)[neg]] = -_blocks.flat(tail)[neg]
+
+
+def _backward_rows(db, pb, nb, gb, cb, ob, m):
+    """Any dtype and sign: per row, its thresholds sorted and each negative searched in
+    them; Σ grad over the thresholds above it."""
+    ob[...] = np.where(pb, gb * cb, 0)
+    for a in range(db.shape[0]):
+        cols = np.flatnonzero(pb[a])  # not empty: the group's rows hold a term
+        t = _blocks.thresholds(db[a, cols], m)
+        o = np.argsort(t)
+        w = gb[a, cols]
+        tail = np.zeros(cols.size + 1, dtype=np.float64)
+        tail[:-1] = np.cumsum(w[o][::-1], dtype=np.float64)[::-1]  # Σ grad over τ > x
+        nc = np.flatnonzero(nb[a])
+        idx = np.searchsorted(t[o], db[a, nc], side="right")
+        ob[a, nc] -= tail[idx].astype(db.dtype)
 
 
 @_quiet
@@ -313,16 +472,18 @@ def hinge_rows_linear(ctx, d, pos, neg, margin, t, count):
 
 HINGE = Step(
     "batch_all_hinge", "batch_all", hinge_rows,
-    Kernel(batch_all_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32"),
-           backward=batch_all_backward, saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
+    Kernel(_numba.hinge_forward(batch_all_forward), inputs=("d", "pos", "neg", "margin"),
+           outputs=("float", "int32"), backward=_numba.hinge_backward(batch_all_backward),
+           saved=(1,), slopes={3: 1}, linear=hinge_rows_linear),
 )
 """``(d, pos, neg, margin) -> (L, count)``: ``L`` (B, B) of ``d``'s dtype, differentiable in
 ``d`` and the margin; ``count`` the number of positive triplets per pair (integers)."""
 
 SOFT = Step(
     "batch_all_soft", "batch_all", soft_rows,
-    Kernel(soft_forward, inputs=("d", "pos", "neg", "margin"), outputs=("float", "int32", "float"),
-           backward=soft_backward, saved=(2,), slopes={3: 2}),
+    Kernel(_numba.soft_forward(soft_forward), inputs=("d", "pos", "neg", "margin"),
+           outputs=("float", "int32", "float"), backward=_numba.soft_backward(soft_backward),
+           saved=(2,), slopes={3: 2}),
 )
 """``(d, pos, neg, margin) -> (L, count, slope)`` with the softplus: ``L`` (B, B) of ``d``'s
 dtype, differentiable in ``d`` and the margin; ``count`` the number of valid triplets per

@@ -1,0 +1,169 @@
+"""The NumPy kernels' two bodies (pure NumPy, numba) compared in one process.
+
+    python benchmarks/kernels.py                          # B = 4096, P x K (K = 4), numpy + torch
+    python benchmarks/kernels.py --labels all --backends numpy
+    python benchmarks/kernels.py --sizes 1024 --kernels   # also the bare kernels
+
+For every backend, label regime and loss: the median time of the loss with the kernels'
+NumPy body and with their numba body (``triplet_ref.mining.force_body``), alternated call
+by call so both see the same machine load, and each as a ratio to the backend's
+``pairwise_distances`` measured in the same run.  Targets (issue #9 item 6): every loss
+≤ 2× its backend's distances at B = 4096 on P x K batches (K = 4), printed as met / not met
+per body.  torch rows: forward (``fwd``) and forward + backward (``fwd+bwd``).
+``batch_hard`` and ``batch_contrastive`` have no kernel (both bodies are the same code).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import triplet_ref as tr  # noqa: E402
+from triplet_ref import mining  # noqa: E402
+from triplet_ref.testing.regimes import REGIMES, make_labels  # noqa: E402
+
+LOSSES = ("batch_all", "batch_semihard", "batch_hard", "batch_contrastive", "batch_all_soft")
+BODIES = ("numpy", "numba")
+TARGET = 2.0
+
+
+def _call(loss, y, x):
+    if loss == "pairwise_distances":
+        return tr.pairwise_distances(x)
+    if loss == "batch_all_soft":
+        return tr.batch_all(y, x, 1.0, soft=True)
+    return getattr(tr, loss)(y, x, 1.0)
+
+
+def _step(backend, loss, y, x, mode):
+    if backend == "numpy":
+        return lambda: _call(loss, y, x)
+    import torch
+
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return _call(loss, y, x)
+        return run
+
+    def run_bwd():
+        xx = x.detach().requires_grad_(True)
+        out = _call(loss, y, xx)
+        (out.sum() if out.ndim else out).backward()
+        return out
+    return run_bwd
+
+
+def _median_pair(fns, repeats, min_time):
+    """Median of each callable, calls alternated (the same load for each)."""
+    for f in fns:
+        f()  # warm-up: numba compiles or loads its cache here
+    times = [[] for _ in fns]
+    t_end = time.perf_counter() + min_time
+    while len(times[0]) < repeats or (time.perf_counter() < t_end and len(times[0]) < 3 * repeats):
+        for f, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]
+
+
+def _bodies(fn):
+    def with_body(body):
+        def run():
+            with mining.force_body(body):
+                return fn()
+        return run
+    return [with_body(b) for b in BODIES]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="4096")
+    p.add_argument("--backends", default="numpy,torch")
+    p.add_argument("--labels", default="pk4", help="comma-separated regimes, or 'all'")
+    p.add_argument("--losses", default=",".join(LOSSES[:4]))
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min-time-s", type=float, default=1.0)
+    p.add_argument("--kernels", action="store_true", help="also time the bare kernels (numpy backend)")
+    args = p.parse_args(argv)
+    regimes = REGIMES if args.labels == "all" else tuple(args.labels.split(","))
+    losses = tuple(args.losses.split(","))
+    if not mining.numba_available():
+        sys.exit("numba is not importable: pip install 'triplet_ref[numba]'")
+
+    print(f"# kernels: NumPy body vs numba body, {args.dtype}, D = {args.dim}, "
+          f"{os.cpu_count()} CPUs, numba {__import__('numba').__version__}")
+    print(f"{'backend':8s} {'mode':7s} {'B':>5s} {'labels':20s} {'loss':18s} "
+          f"{'numpy ms':>9s} {'numba ms':>9s} {'speed-up':>8s} {'ratio np':>8s} {'ratio nb':>8s}  target")
+    for b in map(int, args.sizes.split(",")):
+        rng = np.random.default_rng(0)
+        x_np = rng.standard_normal((b, args.dim)).astype(args.dtype)
+        for be in args.backends.split(","):
+            modes = ("fwd",) if be == "numpy" else ("fwd", "fwd+bwd")
+            if be == "torch":
+                import torch
+
+                x = torch.from_numpy(x_np)
+            else:
+                x = x_np
+            for regime in regimes:
+                y_np = make_labels(regime, b, seed=0)
+                y = y_np if be == "numpy" else torch.from_numpy(y_np)
+                for mode in modes:
+                    dist = _median_pair([_step(be, "pairwise_distances", y, x, mode)], args.repeats,
+                                        args.min_time_s)[0]
+                    print(f"{be:8s} {mode:7s} {b:5d} {regime:20s} {'pairwise_distances':18s} "
+                          f"{dist * 1e3:9.1f}", flush=True)
+                    for loss in losses:
+                        t_np, t_nb = _median_pair(_bodies(_step(be, loss, y, x, mode)), args.repeats,
+                                                  args.min_time_s)
+                        target = ""
+                        if regime == "pk4" and b == 4096 and loss != "batch_all_soft":
+                            target = " ".join(f"{name}: {'met' if t / dist <= TARGET else 'not met'}"
+                                              for name, t in (("numpy", t_np), ("numba", t_nb)))
+                        print(f"{be:8s} {mode:7s} {b:5d} {regime:20s} {loss:18s} {t_np * 1e3:9.1f} "
+                              f"{t_nb * 1e3:9.1f} {t_np / t_nb:7.2f}x {t_np / dist:7.2f}x "
+                              f"{t_nb / dist:7.2f}x  {target}", flush=True)
+            if args.kernels and be == "numpy":
+                _kernels(x_np, regimes, args)
+
+
+def _kernels(x, regimes, args):
+    from triplet_ref.mining import batch_all as ba, semihard as sh
+
+    d = np.asarray(tr.pairwise_distances(x))
+    B = d.shape[0]
+    m = d.dtype.type(1.0)
+    for regime in regimes:
+        y = make_labels(regime, B, seed=0)
+        pos = (y[:, None] == y[None]) & ~np.eye(B, dtype=bool)
+        neg = y[:, None] != y[None]
+        g = np.ones_like(d)
+        count = ba.batch_all_forward(d, pos, neg, m)[1]
+        slope = ba.soft_forward(d, pos, neg, m)[2] if regime.startswith("pk") else None
+        cases = [("hinge forward", ba.HINGE.kernel.forward, (d, pos, neg, m)),
+                 ("hinge backward", ba.HINGE.kernel.backward, (d, pos, neg, m, g, count)),
+                 ("semi-hard choice", sh.CHOICE.kernel.forward, (d, neg, pos))]
+        if slope is not None:
+            cases += [("soft forward", ba.SOFT.kernel.forward, (d, pos, neg, m)),
+                      ("soft backward", ba.SOFT.kernel.backward, (d, pos, neg, m, g, slope))]
+        for name, k, a in cases:
+            t_np, t_nb = _median_pair([lambda k=k, a=a: k.numpy(*a), lambda k=k, a=a: k.numba(*a)],
+                                      args.repeats, args.min_time_s)
+            print(f"{'kernel':8s} {'':7s} {B:5d} {regime:20s} {name:18s} {t_np * 1e3:9.1f} "
+                  f"{t_nb * 1e3:9.1f} {t_np / t_nb:7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

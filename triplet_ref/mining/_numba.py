@@ -1,0 +1,284 @@
+"""The kernels' two bodies: pure NumPy (always there) and numba-compiled (optional).
+
+A step's NumPy kernel (``Kernel.forward`` / ``backward``) is an :class:`Accelerated`
+function: each call runs the numba body (``_numba_kernels.py``: one pass per row, rows
+in parallel, compiled on first use and cached on disk) when numba is selected and
+importable and the distances are float32/float64, else the pure-NumPy body.  Every CPU
+backend reaches the kernels through them (NumPy directly, torch and JAX through their
+generic bridges), so the choice applies to all three.
+
+The choice is typed (:class:`Body`):
+
+* ``TRIPLET_REF_NUMBA`` (environment, read on every call): unset or empty → ``auto``
+  (numba when it is importable), ``1`` → numba (an ``ImportError`` when it is not
+  installed), ``0`` → NumPy; anything else raises ``ValueError``.
+* :func:`force_body` (tests, debugging) overrides it inside a ``with`` block.
+
+Importing this module imports no numba; the first kernel call that selects numba
+imports it (and compiles, or loads from numba's cache, the kernel for that dtype).
+"""
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+__all__ = ["Body", "Accelerated", "force_body", "body", "numba_available", "ENV"]
+
+#: the environment variable that selects the kernels' body
+ENV = "TRIPLET_REF_NUMBA"
+
+
+class Body(enum.Enum):
+    """Which body of a NumPy kernel runs.
+
+    ``AUTO``: numba where importable (and the dtype is float32/float64), else NumPy.
+    ``NUMPY``: the pure-NumPy body.  ``NUMBA``: the numba body; raises ``ImportError``
+    where numba is not installed and ``NotImplementedError`` for another dtype.
+    """
+
+    AUTO = "auto"
+    NUMPY = "numpy"
+    NUMBA = "numba"
+
+    @classmethod
+    def parse(cls, value: Any) -> "Body":
+        """A :class:`Body` from itself or its name; anything else raises ``ValueError``."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            for member in cls:
+                if member.value == value:
+                    return member
+        raise ValueError(f"body: expected one of {', '.join(repr(m.value) for m in cls)} "
+                         f"(or triplet_ref.mining.Body), got {value!r}")
+
+
+_ENV_VALUES = {"": Body.AUTO, "1": Body.NUMBA, "0": Body.NUMPY}
+_forced: Body | None = None
+
+
+def body() -> Body:
+    """The body selected now: :func:`force_body`'s, else ``TRIPLET_REF_NUMBA``'s."""
+    if _forced is not None:
+        return _forced
+    raw = os.environ.get(ENV, "")
+    try:
+        return _ENV_VALUES[raw.strip()]
+    except KeyError:
+        raise ValueError(f"{ENV}: expected 0, 1 or unset, got {raw!r}") from None
+
+
+@contextmanager
+def force_body(value: Body | str) -> Iterator[Body]:
+    """Run every NumPy kernel with ``value``'s body inside the ``with`` block
+    (process-wide, not thread-safe; overrides ``TRIPLET_REF_NUMBA``)."""
+    global _forced
+    b = Body.parse(value)
+    before = _forced
+    _forced = b
+    try:
+        yield b
+    finally:
+        _forced = before
+
+
+_kernels = None
+_import_error: ImportError | None = None
+_lock = threading.Lock()
+
+
+def _load():
+    global _kernels, _import_error
+    if _kernels is None and _import_error is None:
+        try:
+            from . import _numba_kernels
+        except ImportError as exc:  # numba (or llvmlite) not installed or broken
+            _import_error = exc
+        else:
+            _kernels = _numba_kernels
+    return _kernels
+
+
+def numba_available() -> bool:
+    """Whether the numba body can run (imports numba on first call)."""
+    return _load() is not None
+
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: rows with more positives (terms) than this go to the NumPy body: the compiled pass is
+#: O(K·C) per row, NumPy's SIMD sort O(C log C) (measured, benchmarks/kernels.py: the
+#: compiled pass 2–6× faster at K = 63, slower at K ≈ 1000).  Read at call time (tests
+#: lower it to hand rows over).
+COMPILED_K = 128
+
+
+def _use_numba(d: np.ndarray, name: str, auto: bool) -> bool:
+    b = body()
+    if b is Body.NUMPY:
+        return False
+    ok_dtype = d.dtype in _DTYPES
+    if b is Body.AUTO:
+        return auto and ok_dtype and _load() is not None
+    if _load() is None:
+        raise ImportError(f"{name}: the numba body is selected ({ENV}=1 or force_body('numba')) "
+                          f"but numba cannot be imported: {_import_error}")
+    if not ok_dtype:
+        raise NotImplementedError(f"{name}: the numba body runs float32/float64 distances, got "
+                                  f"{d.dtype} (force_body('numba'))")
+    return True
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    """C-contiguous and writable (numba compiles once per layout and writability)."""
+    a = np.asarray(a)
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
+class Accelerated:
+    """A NumPy kernel with a numba twin: ``f(*arrays)`` runs the selected body.
+
+    ``numpy``: the pure-NumPy kernel (its signature is the kernel's); ``auto``: whether
+    ``Body.AUTO`` runs the numba body (only where it measured faster);
+    ``run(kernels, numpy_body, *arrays)``: the call of the numba body (``kernels`` is
+    the compiled module; rows it leaves to NumPy go to ``numpy_body``)."""
+
+    def __init__(self, numpy_body: Callable[..., Any], run: Callable[..., Any], auto: bool = True):
+        self.numpy = numpy_body
+        self._run = run
+        self.auto = auto
+        functools.update_wrapper(self, numpy_body)
+
+    def numba(self, *arrays):
+        """The numba body (selected or not; numba must be importable)."""
+        if _load() is None:
+            raise ImportError(f"{self.__name__}: numba cannot be imported: {_import_error}")
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self._run(_kernels, self.numpy, *arrays)
+
+    def __call__(self, *arrays):
+        if _use_numba(np.asarray(arrays[0]), self.__name__, self.auto):
+            return self.numba(*arrays)
+        return self.numpy(*arrays)
+
+    def __repr__(self) -> str:
+        return f"<accelerated kernel {self.__name__}>"
+
+
+def _pm(d, margin):
+    """The margin and ±inf as scalars of ``d``'s dtype."""
+    t = d.dtype.type
+    return t(margin), t(np.inf), t(-np.inf)
+
+
+def _hand_off(many, numpy_body, outs, *arrays):
+    """Run ``numpy_body`` on the rows flagged in ``many`` (more positives than the
+    compiled pass is for: the NumPy body sorts them) and write them into ``outs``."""
+    rows = np.flatnonzero(many)
+    if rows.size == 0:
+        return
+    sub = numpy_body(*(a[rows] if a.ndim == 2 else a for a in arrays))
+    for o, r in zip(outs, sub if isinstance(sub, tuple) else (sub,)):
+        o[rows] = r
+
+
+def _mostly_many(k, mask) -> bool:
+    """Whether half the rows or more have more than ``COMPILED_K`` terms: then the NumPy
+    body runs the whole call (handing most rows over would only add copies)."""
+    n = np.empty(mask.shape[0], dtype=np.int64)
+    _run(k.row_counts, mask, n)
+    return 2 * int(np.count_nonzero(n > COMPILED_K)) >= mask.shape[0]
+
+
+def _run(fn, *args):
+    # one compiled call at a time (JAX runs callbacks on its own threads): with
+    # ``_numba_kernels._PARALLEL`` not every numba threading layer is safe under
+    # concurrent entry
+    with _lock:
+        fn(*args)
+
+
+def _hinge_forward(k, numpy_body, d, pos, neg, margin):
+    d, pos, neg = _c(d), _c(pos), _c(neg)
+    if _mostly_many(k, pos):
+        return numpy_body(d, pos, neg, margin)
+    out = np.zeros(d.shape, dtype=d.dtype)
+    count = np.zeros(d.shape, dtype=np.int32)
+    many = np.zeros(d.shape[0], dtype=bool)
+    _run(k.hinge_forward, d, pos, neg, *_pm(d, margin), COMPILED_K, out, count, many)
+    _hand_off(many, numpy_body, (out, count), d, pos, neg, margin)
+    return out, count
+
+
+def _hinge_backward(k, numpy_body, d, pos, neg, margin, grad, count):
+    d, pos, neg = _c(d), _c(pos), _c(neg)
+    grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
+    count = _c(np.broadcast_to(np.asarray(count, dtype=np.int32), d.shape))
+    if _mostly_many(k, pos):
+        return numpy_body(d, pos, neg, margin, grad, count)
+    out = np.zeros(d.shape, dtype=d.dtype)
+    many = np.zeros(d.shape[0], dtype=bool)
+    _run(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out, many)
+    _hand_off(many, numpy_body, (out,), d, pos, neg, margin, grad, count)
+    return out
+
+
+def _soft_forward(k, numpy_body, d, pos, neg, margin):
+    d, pos, neg = _c(d), _c(pos), _c(neg)
+    out = np.zeros(d.shape, dtype=d.dtype)
+    slope = np.zeros(d.shape, dtype=d.dtype)
+    count = np.zeros(d.shape, dtype=np.int32)
+    _run(k.soft_forward, d, pos, neg, d.dtype.type(margin), d.dtype.type(1), out, count, slope)
+    return out, count, slope
+
+
+def _soft_backward(k, numpy_body, d, pos, neg, margin, grad, slope):
+    d, pos, neg = _c(d), _c(pos), _c(neg)
+    grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
+    slope = _c(np.broadcast_to(np.asarray(slope, dtype=d.dtype), d.shape))
+    out = np.zeros(d.shape, dtype=d.dtype)
+    _run(k.soft_backward, d, pos, neg, d.dtype.type(margin), d.dtype.type(1), grad, slope, out)
+    return out
+
+
+def _semihard_choice(k, numpy_body, d, neg, term):
+    d, neg, term = _c(d), _c(neg), _c(term)
+    if _mostly_many(k, term):
+        return numpy_body(d, neg, term)
+    chosen = np.zeros(d.shape, dtype=np.int64)
+    semi = np.zeros(d.shape, dtype=bool)
+    many = np.zeros(d.shape[0], dtype=bool)
+    _run(k.semihard_choice, d, neg, term, d.dtype.type(0), COMPILED_K, chosen, semi, many)
+    _hand_off(many, numpy_body, (chosen, semi), d, neg, term)
+    return chosen, semi
+
+
+def hinge_forward(numpy_body):
+    """The batch-all hinge forward (``batch_all.batch_all_forward``) with its numba twin."""
+    return Accelerated(numpy_body, _hinge_forward)
+
+
+def hinge_backward(numpy_body):
+    return Accelerated(numpy_body, _hinge_backward)
+
+
+# the soft sums call exp and log1p per term: compiled, they are scalar libm calls, slower
+# than NumPy's SIMD ones (benchmarks/kernels.py): numba runs them only when selected
+def soft_forward(numpy_body):
+    return Accelerated(numpy_body, _soft_forward, auto=False)
+
+
+def soft_backward(numpy_body):
+    return Accelerated(numpy_body, _soft_backward, auto=False)
+
+
+def semihard_choice(numpy_body):
+    return Accelerated(numpy_body, _semihard_choice)
