@@ -187,3 +187,66 @@ def test_block_distances_torch_gradients_detached_reference(metric):
             grads.append(torch.autograd.grad(a + 0.5 * b, x)[0].numpy())
         np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12, err_msg=f"{loss.id} {metric}")
         assert np.any(grads[0] != 0)
+
+
+def _jax_info_close(info, oinfo, what):
+    assert set(info) == set(oinfo), what
+    for key, want in oinfo.items():
+        got = np.asarray(info[key])
+        if isinstance(want, (np.ndarray, int)) and not isinstance(want, float):
+            np.testing.assert_array_equal(got, np.asarray(want), err_msg=f"{what} {key}")
+        else:
+            assert_close(got, want, "float64", f"{what} {key}")
+
+
+@pytest.mark.parametrize("losses", [
+    pytest.param(("batch_semihard",), id="default"),
+    pytest.param(("batch_all", "batch_all_soft", "batch_hard", "batch_hard_soft", "batch_contrastive"),
+                 id="rest", marks=pytest.mark.slow),
+])
+def test_chunked_jax_scan_matches_oracle(losses):
+    """JAX under jit: the equal row blocks run as one ``lax.scan`` (B = 9, blocks of 2:
+    four scanned blocks and a remainder; the reference set, blocks of 3: three scanned
+    blocks); ``"none"``, the mean with its info (per-row index arrays, counts,
+    fractions) and the gradients of a mean and a sum in the embeddings and the reference
+    set against the oracles and the unchunked gradients.  batch_semihard runs its CPU kernel through pure_callback."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    x, y, rx, ry = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(RX), jnp.asarray(RY)
+    sel = [ONLINE_BY_ID[n] for n in losses]
+
+    def total(x, rx, loss, chunk):
+        return (loss.call(y, x, 0.6, chunk_size=chunk)
+                + loss.call(y, x, 0.6, reduction="sum", chunk_size=chunk, ref_embeddings=rx, ref_labels=ry))
+
+    def results(x, rx):
+        out = {}
+        for loss in sel:
+            r = dict(ref_embeddings=rx, ref_labels=ry)
+            out[loss.id] = {"none": loss.call(y, x, 0.6, reduction="none", chunk_size=2)}
+            out[loss.id]["info"] = loss.call(y, x, 0.6, return_info=True, chunk_size=2)
+            out[loss.id]["ref info"] = loss.call(y, x, 0.6, return_info=True, chunk_size=3, **r)
+            out[loss.id]["grad"] = jax.grad(total, argnums=(0, 1))(x, rx, loss, 2)
+        return out
+
+    def unchunked_grads(x, rx):
+        return {loss.id: jax.grad(total, argnums=(0, 1))(x, rx, loss, 0) for loss in sel}
+
+    # the scan is there: one per chunked call (and one more per gradient: its transpose)
+    assert str(jax.make_jaxpr(results)(x, rx)).count("scan[") >= 5 * len(sel)
+    got = jax.jit(results)(x, rx)
+    want_grads = jax.jit(unchunked_grads)(x, rx)
+    for loss in sel:
+        g = got[loss.id]
+        assert_close(g["none"], loss.truth(Y, X, 0.6, reduction="none"), "float64", f"{loss.id} none")
+        want, oinfo = loss.truth(Y, X, 0.6, return_info=True)
+        assert_close(g["info"][0], want, "float64", loss.id)
+        _jax_info_close(g["info"][1], oinfo, loss.id)
+        kw = dict(ref_embeddings=RX, ref_labels=RY)
+        want, oinfo = loss.truth(Y, X, 0.6, return_info=True, **kw)
+        assert_close(g["ref info"][0], want, "float64", f"{loss.id} ref")
+        _jax_info_close(g["ref info"][1], oinfo, f"{loss.id} ref")
+        for gg, ww in zip(g["grad"], want_grads[loss.id]):
+            np.testing.assert_allclose(gg, ww, rtol=1e-10, atol=1e-12, err_msg=loss.id)
+            assert np.any(np.asarray(ww) != 0), loss.id

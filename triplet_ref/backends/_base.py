@@ -24,6 +24,10 @@ class Backend:
     supports_grad = False
     #: whether jit() compiles (jax.jit / torch.compile)
     supports_jit = False
+    #: how many ``(rows, R)`` arrays of the compute dtype a chunked batch loss holds at its
+    #: peak (forward and backward): ``chunk_size=None`` divides the memory budget by it
+    #: (losses/_pairs.py, ``chunk_rows``); None: ``ARRAYS_AT_PEAK`` there
+    arrays_at_peak = None
 
     # -- namespace and conversion ---------------------------------------------------
     def namespace(self):

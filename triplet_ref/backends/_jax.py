@@ -149,6 +149,9 @@ def _on_cpu(x) -> bool:
 
 class JaxBackend(Backend):
     name = "jax"
+    #: measured 3-18 with benchmarks/scaling.py (B = 16384, float32, jit, 1024 and 2048
+    #: rows): the CPU kernels' pure_callback copies a block's arrays to and from the host
+    arrays_at_peak = 16
     supports_grad = True
     supports_jit = True
 

@@ -215,7 +215,7 @@ axis_name: a JAX mapped axis name (inside ``shard_map`` / ``pmap``): mine the lo
   global batch (docs/semantics.md, "Global-batch mining"; docs/scaling.md).
 chunk_size: ``None`` (default): the anchor rows per block chosen from a memory budget
   (1 GiB, or ``TRIPLET_REF_MEMORY_BUDGET`` bytes): unchunked up to ``B = 4096``
-  (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond; ``0``: never
+  (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond (JAX: ``16·R``); ``0``: never
   chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows (with
   ``process_group`` / ``axis_name``: of the local anchors, against the global batch;
   ``None`` does not chunk there). Each block mines against the whole batch (or
@@ -305,7 +305,8 @@ MEMORY_BUDGET = 2**30
 
 #: How many ``(rows, R)`` arrays of the compute dtype a batch loss holds at its peak
 #: (forward and backward; measured 5-9 at B = 4096 with ``benchmarks/scaling.py``): the
-#: budget is divided by ``ARRAYS_AT_PEAK · R · itemsize`` to get the rows per block.
+#: budget is divided by ``ARRAYS_AT_PEAK · R · itemsize`` to get the rows per block.  A
+#: backend whose blocks hold more sets its own (``Backend.arrays_at_peak``: JAX 16).
 ARRAYS_AT_PEAK = 8
 
 
@@ -355,7 +356,8 @@ def chunk_rows(chunk_size: Any, embeddings: Any, ref_embeddings: Any = None, pro
     """The rows per block of a batch-loss call, or None for the unchunked path.
 
     ``chunk_size=0``: None.  An int ``c >= 1``: ``c``.  ``None``: from the memory budget
-    (:func:`memory_budget`): ``rows = budget // (ARRAYS_AT_PEAK · R · itemsize)`` (``R``
+    (:func:`memory_budget`): ``rows = budget // (ARRAYS_AT_PEAK · R · itemsize)`` (the
+    backend's ``arrays_at_peak`` where it sets one: JAX 16; ``R``
     the candidates: the batch or the reference set; ``itemsize`` of the compute dtype,
     at least 4), unchunked when ``rows >= B``.  A distributed call (``process_group`` /
     ``axis_name``) with ``None`` is not chunked (each rank holds ``B_local · B_global``).
@@ -379,7 +381,10 @@ def chunk_rows(chunk_size: Any, embeddings: Any, ref_embeddings: Any = None, pro
         R = int(rshape[0])
     if B == 0 or R == 0:
         return None
-    rows = memory_budget() // (ARRAYS_AT_PEAK * R * _itemsize(embeddings))
+    from ..backends import backend_of
+
+    per_row = getattr(backend_of(embeddings), "arrays_at_peak", None) or ARRAYS_AT_PEAK
+    rows = memory_budget() // (per_row * R * _itemsize(embeddings))
     if rows >= B:
         return None
     return max(1, int(rows))
@@ -394,7 +399,13 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
     same sample) or against the reference set; only the block's ``(chunk_size, R)``
     arrays are alive at a time.  The block's computation is checkpointed (torch
     ``torch.utils.checkpoint``, JAX ``jax.checkpoint``): the backward recomputes it
-    block by block instead of keeping every block's intermediates.  ``"mean"`` is the
+    block by block instead of keeping every block's intermediates.  Under JAX tracing
+    (``jit``, ``shard_map``) the ``B // chunk_size`` equal blocks are one ``lax.scan``
+    of a checkpointed step (``backends._scale.scan_blocks``; the block's first row is
+    traced there, so its own column is excluded by the portable path) and the remainder
+    one more block; an unrolled loop of checkpointed calls let XLA keep many blocks'
+    arrays alive at once.  ``"none"`` goes through the scan too (its stacked blocks
+    reshaped): its result is ``O(B·R)`` anyway, but the intermediates are not.  ``"mean"`` is the
     sum of the blocks' sums over the sum of their counts; ``"none"`` and the info index
     arrays are the blocks' rows concatenated.
     """
@@ -456,6 +467,30 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
         total, infos = fused
         return _finish_chunked(ctx, [(total, i) for i in infos], reduction, return_info, comm, summed=True)
     blocks = []
+    n_scan = B // chunk_size
+    if n_scan >= 2:
+        # JAX under jit/grad: the equal blocks as one lax.scan of a checkpointed step (one
+        # block's arrays alive at a time, forward and backward), the remainder unrolled
+        from ..backends._scale import scan_blocks
+
+        m = n_scan * chunk_size
+        xs = xp.reshape(x[:m, :], (n_scan, chunk_size, x.shape[1]))
+        ys = xp.reshape(y[:m], (n_scan, chunk_size))
+        first = xp.arange(0, m, chunk_size, dtype=idt, device=ctx.device)
+
+        def scan_block(s, xb, yb):
+            # s is traced: the fused kernel's Python offset is None, the portable path
+            # excludes the anchor's own column from the traced offset
+            blk = _Block(x if self_ref else X, Y, s + base, exclude_self, None, nan_src)
+            out, info = fn(yb, xb, margin, reduction=red, return_info=True, process_group=blk, **options)
+            if not return_info:
+                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
+            return out, info
+
+        stacked = scan_blocks(ctx.backend, scan_block, (first, xs, ys), traced=(X, margin))
+        if stacked is not None:
+            blocks.append(_unstack(ctx, stacked, reduction))
+            starts = range(m, B, chunk_size)
     for s in starts:
         e = min(B, s + chunk_size)
 
@@ -472,6 +507,29 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
     return _finish_chunked(ctx, blocks, reduction, return_info, comm)
+
+
+def _unstack(ctx, stacked, reduction):
+    """One block's ``(out, info)`` from the stacked outputs of :func:`scan_blocks`
+    (``n`` equal blocks): sums and counts added over the blocks, per-row arrays'
+    blocks joined, fractions and means weighted by their block's ``num_valid``."""
+    xp = ctx.xp
+    out, info = stacked
+
+    def join(v):
+        return xp.reshape(v, (v.shape[0] * v.shape[1],) + tuple(v.shape[2:]))
+
+    out = join(out) if reduction == "none" else xp.sum(out, axis=0, dtype=out.dtype)
+    nv = as_float(ctx, info["num_valid"])
+    merged = {}
+    for key, v in info.items():
+        if key.startswith(("fraction_", "mean_")):
+            merged[key] = safe_divide(ctx, xp.sum(as_float(ctx, v) * nv, axis=0), xp.sum(nv, axis=0))
+        elif v.ndim >= 2:
+            merged[key] = join(v)
+        else:
+            merged[key] = xp.sum(v, axis=0, dtype=v.dtype)
+    return out, merged
 
 
 def _finish_chunked(ctx, blocks, reduction, return_info, comm=None, summed=False):
