@@ -131,7 +131,17 @@ def one_peak(fw: str, b: int, loss: str, threads: int) -> dict:
             return float(v)
     import numpy as np
 
-    rows = chunk_rows(None, np.empty((b, 64), np.float32))
+    # the rows the call uses: from an (empty) array of the framework measured (the
+    # backend may set its own arrays-at-peak count: JAX)
+    like = np.empty((b, 64), np.float32)
+    if fw == "jax":
+        like = jnp.zeros((b, 64), jnp.float32)
+    elif fw == "torch":
+        import torch
+
+        like = torch.empty((b, 64), dtype=torch.float32)
+    rows = chunk_rows(None, like)
+    del like
     base = rss_bytes()
     reset_hwm()
     t = time.perf_counter()
