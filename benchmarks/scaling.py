@@ -5,7 +5,7 @@ gloo global-batch mining; prints the issue's targets as met / not met.
     python benchmarks/run.py --scaling            # the same, from the main benchmark
     python benchmarks/scaling.py --parts ratio --b 4096 --frameworks torch
     python benchmarks/scaling.py --parts peak --b 16384 --frameworks torch,numpy,jax
-    python benchmarks/scaling.py --parts peak --b 65536 --frameworks torch   # long: ~1 h on 2 cores
+    python benchmarks/scaling.py --parts peak --b 65536 --frameworks torch   # long: ~45 min on 2 loaded cores
     python benchmarks/scaling.py --parts gloo --gloo 2
 
 Every measurement runs in a fresh process: float32, D = 64, labels drawn from B/4

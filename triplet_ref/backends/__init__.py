@@ -215,15 +215,6 @@ def computes_in_full_precision(fn):
     return call
 
 
-def compiling() -> bool:
-    """Whether torch.compile is tracing (False when torch was never imported)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return False
-    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(fn is not None and fn())
-
-
 def _create(name: str) -> Backend:
     """Import backend ``name``'s framework and module (under ``_LOCK``)."""
     mod, extra = _FRAMEWORK[name]
