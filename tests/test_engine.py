@@ -434,3 +434,31 @@ def test_hypothesis_native_and_portable_equal_the_oracle(request, dtype):
                                                       err_msg=f"{loss.id} {impl} {key}")
 
     check()
+
+
+@pytest.mark.parametrize("idx_dtype", [np.int64, np.int32, np.uint8])
+def test_numpy_take_rows_blocked_equals_take_along_axis(monkeypatch, idx_dtype):
+    """The NumPy backend's blocked flat ``take_rows`` (small blocks forced) against
+    ``take_along_axis``: gathers within rows, a block with a negative (wrapping) index
+    and one with an index out of range (the general path: the same result / error)."""
+    from triplet_ref.backends import _numpy as bnp
+
+    monkeypatch.setattr(bnp, "_TAKE_BLOCK", 8)
+    be = bnp.NumpyBackend()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((13, 7)).astype(np.float32)
+    idx = rng.integers(0, 7, size=(13, 5)).astype(idx_dtype)
+    np.testing.assert_array_equal(be.take_rows(np, x, idx), np.take_along_axis(x, idx, axis=-1))
+    assert be.take_rows(np, x, idx).dtype == x.dtype
+    if np.issubdtype(idx_dtype, np.signedinteger):
+        neg = idx.copy()
+        neg[6, 2] = -1  # wraps to the row's last column, as in take_along_axis
+        np.testing.assert_array_equal(be.take_rows(np, x, neg), np.take_along_axis(x, neg, axis=-1))
+        assert be.take_rows(np, x, neg)[6, 2] == x[6, -1]
+    bad = idx.copy()
+    bad[4, 0] = 7
+    with pytest.raises(IndexError):
+        be.take_rows(np, x, bad)
+    # a non-contiguous x takes the general path
+    xt = np.asfortranarray(x)
+    np.testing.assert_array_equal(be.take_rows(np, xt, idx), np.take_along_axis(x, idx, axis=-1))

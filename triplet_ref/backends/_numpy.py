@@ -10,6 +10,10 @@ import numpy as np
 from ._base import Backend
 
 
+# elements per block of :meth:`NumpyBackend.take_rows` (its flat indices stay in cache)
+_TAKE_BLOCK = 1 << 16
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -104,6 +108,31 @@ class NumpyBackend(Backend):
         if sqrt:
             np.sqrt(d2, out=d2)
         return d2
+
+    def take_rows(self, xp, x, idx):
+        """``out[i, j] = x[i, idx[i, j]]``: for 2-D arrays, a flat ``np.take`` per
+        cache-sized block of rows (the flat indices of a block stay in cache; 1.5–2×
+        faster than ``take_along_axis``'s fancy indexing at B = 4096, more so for
+        scattered indices).  Blocks holding an index outside ``[0, C)`` (negative
+        indices wrap, as in ``take_along_axis``) take the general path."""
+        if not (isinstance(x, np.ndarray) and isinstance(idx, np.ndarray) and x.ndim == 2
+                and idx.ndim == 2 and idx.shape[0] == x.shape[0] and x.shape[1] > 0
+                and x.flags.c_contiguous and idx.dtype.kind in "iu" and idx.size >= _TAKE_BLOCK):
+            return super().take_rows(xp, x, idx)
+        R, C = x.shape
+        out = np.empty(idx.shape, dtype=x.dtype)
+        flat = x.reshape(-1)
+        step = max(1, _TAKE_BLOCK // idx.shape[1])
+        for s in range(0, R, step):
+            e = min(R, s + step)
+            ib = idx[s:e]
+            if ib.size and (int(ib.min()) < 0 or int(ib.max()) >= C):
+                out[s:e] = np.take_along_axis(x[s:e], ib, axis=-1)
+                continue
+            ib = ib.astype(np.intp)  # a copy: the row offsets are added in place
+            ib += np.arange(s * C, e * C, C, dtype=np.intp)[:, None]
+            np.take(flat, ib, out=out[s:e])
+        return out
 
     def native_kernel(self, step, like):
         # the steps' NumPy kernels are NumPy's native implementation

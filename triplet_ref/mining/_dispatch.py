@@ -44,16 +44,22 @@ class Impl(enum.Enum):
     @classmethod
     def parse(cls, value: Any) -> "Impl":
         """An :class:`Impl` from itself or its name; anything else raises ``ValueError``."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if member.value == value:
-                    return member
-        raise ValueError(
-            f"impl: expected one of {', '.join(repr(m.value) for m in cls)} "
-            f"(or triplet_ref.mining.Impl), got {value!r}"
-        )
+        return parse_choice(cls, value, "impl")
+
+
+def parse_choice(cls: type[enum.Enum], value: Any, what: str):
+    """The member of the string-valued enum ``cls`` that is ``value`` or has it as its value;
+    anything else raises ``ValueError`` naming ``what`` and the choices."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        for member in cls:
+            if member.value == value:
+                return member
+    raise ValueError(
+        f"{what}: expected one of {', '.join(repr(m.value) for m in cls)} "
+        f"(or triplet_ref.mining.{cls.__name__}), got {value!r}"
+    )
 
 
 @dataclass(frozen=True, eq=False)

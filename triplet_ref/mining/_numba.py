@@ -49,14 +49,9 @@ class Body(enum.Enum):
     @classmethod
     def parse(cls, value: Any) -> "Body":
         """A :class:`Body` from itself or its name; anything else raises ``ValueError``."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if member.value == value:
-                    return member
-        raise ValueError(f"body: expected one of {', '.join(repr(m.value) for m in cls)} "
-                         f"(or triplet_ref.mining.Body), got {value!r}")
+        from ._dispatch import parse_choice
+
+        return parse_choice(cls, value, "body")
 
 
 _ENV_VALUES = {"": Body.AUTO, "1": Body.NUMBA, "0": Body.NUMPY}
