@@ -181,10 +181,13 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     if not block.exclude_self:
         return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
     B, R = d.shape
-    idt = block.offset.dtype
-    rows = xp.arange(B, dtype=idt, device=ctx.device)
-    cols = xp.arange(R, dtype=idt, device=ctx.device)
-    same = cols[None, :] == (rows + block.offset)[:, None]
+    if block.start is not None:  # a concrete offset: the shifted identity, no index compare
+        same = xp.eye(B, R, k=block.start, dtype=xp.bool, device=ctx.device)
+    else:
+        idt = block.offset.dtype
+        rows = xp.arange(B, dtype=idt, device=ctx.device)
+        cols = xp.arange(R, dtype=idt, device=ctx.device)
+        same = cols[None, :] == (rows + block.offset)[:, None]
     if not fused:  # the fused kernel zeroes the anchor's own column itself
         d = xp.where(same, scalar(ctx, 0), d)
     return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
