@@ -29,7 +29,7 @@ def _safe_sqrt_jvp(primals, tangents):
 
 
 # --- the mining steps' NumPy kernels through pure_callback on CPU, built from each spec ---
-from ..mining import NativeUnsupported  # noqa: E402
+from ..mining import NativeUnsupported, kernel_steps  # noqa: E402
 
 
 try:  # forward-mode tracers (jax.grad traces with LinearizeTracer in current JAX)
@@ -257,15 +257,8 @@ class JaxBackend(Backend):
 BACKEND = JaxBackend()
 
 
-def _build_native_steps():
-    from .. import mining
-
-    for step in mining.STEPS.values():
-        if step.kernel is not None:
-            _native_step(step)
-
-
-_build_native_steps()
+for _step in kernel_steps():
+    _native_step(_step)
 
 
 # --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------

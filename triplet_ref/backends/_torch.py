@@ -27,7 +27,7 @@ class _SafeSqrt(torch.autograd.Function):
 
 
 # --- the mining steps' NumPy kernels as torch custom ops, built from each step's spec ------
-from ..mining import SQDIST, NativeUnsupported  # noqa: E402
+from ..mining import SQDIST, NativeUnsupported, kernel_steps  # noqa: E402
 
 # a kernel output kind -> its torch dtype ("float": the dtype of the step's first input)
 _KIND_DTYPE = {"int32": torch.int32, "index": torch.int64, "bool": torch.bool}
@@ -316,17 +316,10 @@ class TorchBackend(Backend):
 BACKEND = TorchBackend()
 
 
-def _build_native_steps():
-    # every step's custom ops now, outside any trace: torch.compile cannot trace
-    # torch.library's registration (a first native call inside a compiled function)
-    from .. import mining
-
-    for step in mining.STEPS.values():
-        if step.kernel is not None:
-            _native_step(step)
-
-
-_build_native_steps()
+# every step's custom ops now, outside any trace: torch.compile cannot trace
+# torch.library's registration (a first native call inside a compiled function)
+for _step in kernel_steps():
+    _native_step(_step)
 
 
 # --- pairwise distances: one GEMM, in-place blocked epilogue, GEMM backward ----------------

@@ -37,7 +37,7 @@ from .sqdist import SQDIST
 __all__ = [
     "Impl", "Kernel", "NativeUnsupported", "Step", "force", "forced", "has_native", "implementation", "run",
     "Body", "body", "force_body", "numba_available",
-    "STEPS", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
+    "STEPS", "kernel_steps", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
 ]
 
 _LAZY = {
@@ -60,3 +60,9 @@ def __getattr__(name):
         return {s.name: s for s in (SQDIST, __getattr__("BATCH_ALL_HINGE"), __getattr__("BATCH_ALL_SOFT"),
                                     __getattr__("SEMIHARD_CHOICE"))}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def kernel_steps():
+    """Every mining step that has a NumPy kernel: the framework bridges build one native
+    op per step from these, once, when their backend is created."""
+    return [s for s in __getattr__("STEPS").values() if s.kernel is not None]

@@ -39,7 +39,6 @@ def _quiet(fn):
 # Read at call time (``_blocks.SMALL_K``): the tests set it to 0 to run the sorted
 # branches on small batches.
 SMALL_K = 16
-_SMALL_K = SMALL_K  # the name the kernels imported before; prefer ``_blocks.SMALL_K``
 
 # the unsigned integer type with a float type's width (its bit patterns)
 _UINT = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.uint64)}
