@@ -363,18 +363,16 @@ def contrastive_sums(d2, pos, neg, m, acc):
             acc[i] += part[a, i]
 
 
-@nb.njit(**_JIT)
+@nb.njit(error_model="numpy", **_JIT)  # IEEE division (no ZeroDivisionError branch): vectorised
 def _contrastive_grad_row(drow, prow, nrow, m, g, orow, zero):
     half_g = g * drow.dtype.type(0.5)
-    one = drow.dtype.type(1)
     two = drow.dtype.type(2)
     for j in range(drow.shape[0]):
         e = np.sqrt(drow[j])
         gap = m - e
         gap = zero if gap <= zero else gap
-        live = e > zero
-        v = -(g * gap) / (two * (e if live else one))
-        orow[j] = half_g if prow[j] else (v if (nrow[j] and live) else zero)
+        v = -(g * gap) / (two * e)  # selected only where e > 0
+        orow[j] = half_g if prow[j] else (v if (nrow[j] and e > zero) else zero)
 
 
 @nb.njit(parallel=_PARALLEL, **_JIT)
