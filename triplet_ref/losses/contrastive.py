@@ -11,7 +11,7 @@ from ._common import (REDUCTIONS, as_float, count_dtype, finish, propagate_nan, 
                       safe_divide, scalar)
 from ..mining import run
 from ..mining.contrastive import SUMS, pair_terms
-from ._pairs import batch_loss, prepare_pairs
+from ._pairs import batch_loss, prepare_pairs, reduce_pairs
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
 
@@ -60,13 +60,13 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     # xp.full, not asarray: a symbolic B (torch.compile(dynamic=True)) stays symbolic
     count = xp.full((), P.num_pairs(), dtype=ctx.dtype, device=ctx.device)
     if reduction == "none":
-        loss, _ = pair_terms(ctx, d2, pos, neg, m)
-        n_pos = xp.sum(as_float(ctx, loss > zero)) if return_info else None
+        terms, _ = pair_terms(ctx, d2, pos, neg, m)
+        n_pos = xp.sum(as_float(ctx, terms > zero)) if return_info else None
     else:
-        # one pass from d² to the sum (a fused native kernel on CPU: mining.CONTRASTIVE_SUMS)
-        total, _, n_pos = run(SUMS, ctx, d2, pos, neg, scalar(ctx, m))
-        total = P.global_sum(total)
-        loss = total if reduction == "sum" else safe_divide(ctx, total, P.global_sum(count))
+        # one pass from d² to the sum (a fused native kernel on CPU: mining.CONTRASTIVE_SUMS);
+        # reduce_pairs of the 0-d sum: the global sum, the mean, a chunked block's count
+        terms, _, n_pos = run(SUMS, ctx, d2, pos, neg, scalar(ctx, m))
+    loss = reduce_pairs(P, terms, count, reduction)
     info = None
     if return_info:
         count_g = P.global_sum(count)
