@@ -25,7 +25,10 @@ from ..backends import Context, resolve
 from ..backends import compiling as _compiling
 from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
 from ..distances import METRICS, cross_distance_matrix
-from ._common import REDUCTIONS, as_float, non_finite, prepare, safe_divide, scalar
+from ._common import REDUCTIONS, as_float, count_dtype, non_finite, prepare, safe_divide, scalar
+
+#: the info key under which a row block of a chunked ``"mean"`` call returns its count
+_COUNT = "_chunk_count"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Pairs:
     same: Any = None   # (B, R) bool: the pair is the anchor itself (None: no such pair)
     nan_src: Any = None  # an array whose NaN-ness decides the loss's (default: x)
     n_same: int = -1   # pairs excluded as the anchor itself (-1: one per anchor, the batch)
+    block: Any = None  # the _Block of one row block of a chunked call (None: a whole call)
 
     @property
     def distributed(self) -> bool:
@@ -179,7 +183,7 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     if nan_src is None:
         nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
     if not block.exclude_self:
-        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
+        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0, block=block)
     B, R = d.shape
     if block.start is not None:  # a concrete offset: the shifted identity, no index compare
         same = xp.eye(B, R, k=block.start, dtype=xp.bool, device=ctx.device)
@@ -190,13 +194,21 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
         same = cols[None, :] == (rows + block.offset)[:, None]
     if not fused:  # the fused kernel zeroes the anchor's own column itself
         d = xp.where(same, scalar(ctx, 0), d)
-    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
+    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src, block=block)
 
 
 def reduce_pairs(P: Pairs, per_term, count, reduction: str):
     """``sum`` → Σ, ``mean`` → Σ / count (0 when count is 0), ``none`` → the local array;
-    Σ and count are global sums in a distributed call (equal on every rank)."""
+    Σ and count are global sums in a distributed call (equal on every rank).
+
+    ``count`` is the mean's denominator (an integer or floating 0-d array, cast here).  In
+    a row block of a :func:`chunked` call it is also handed to the block (``_Block.count``):
+    the mean of a chunked call is the blocks' sums over their counts, so a block computes
+    no info (and none of its passes over the ``(b, R)`` arrays) unless the caller asked for
+    ``return_info``."""
     ctx, xp = P.ctx, P.ctx.xp
+    if P.block is not None:
+        P.block.count = count
     if reduction == "none":
         return per_term
     total = P.global_sum(xp.sum(per_term))
@@ -292,6 +304,7 @@ class _Block:
         self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
         self.start = start      # offset as a Python int (the fused distance kernel), None if traced
         self.nan_src = nan_src  # NaN where the whole input is non-finite (once per call), else None
+        self.count = None       # the block's mean denominator, set by reduce_pairs
 
     def gather(self, ctx, x, y):
         return self.X, self.Y, self.offset
@@ -449,16 +462,29 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
 
     base_int = concrete_int(base) if exclude_self else None
 
+    cdt = count_dtype(ctx)
+
+    def call_block(yb, xb, mgn, blk):
+        # the block computes its info only when the caller asked for it; the mean needs
+        # only the block's count, which reduce_pairs hands over (blk.count): no info pass
+        # over the (b, R) arrays, no (b, R) index array kept
+        res = fn(yb, xb, mgn, reduction=red, return_info=return_info, process_group=blk, **options)
+        out, info = res if return_info else (res, {})
+        if reduction == "mean":
+            if blk.count is None:
+                raise AssertionError(f"{getattr(fn, '__name__', fn)}: a row block did not report its count")
+            # an exact integer count (int64; float32 where the backend has no 64-bit
+            # integer), added over the blocks without rounding
+            info = dict(info)
+            info[_COUNT] = xp.astype(blk.count, cdt)
+        return out, info
+
     def run_block(s, leaves):
         x_all = leaves[0]
         cand = x_all if self_ref else leaves[1]
         blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
                      None if base_int is None else base_int + s, nan_src)
-        out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
-                       return_info=True, process_group=blk, **options)
-        if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
-            info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
-        return out, info
+        return call_block(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], blk)
 
     fused = None
     if reduction != "none":
@@ -485,10 +511,7 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
             # s is traced: the fused kernel's Python offset is None, the portable path
             # excludes the anchor's own column from the traced offset
             blk = _Block(x if self_ref else X, Y, s + base, exclude_self, None, nan_src)
-            out, info = fn(yb, xb, margin, reduction=red, return_info=True, process_group=blk, **options)
-            if not return_info:
-                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
-            return out, info
+            return call_block(yb, xb, margin, blk)
 
         stacked = scan_blocks(ctx.backend, scan_block, (first, xs, ys), traced=(X, margin))
         if stacked is not None:
@@ -501,11 +524,7 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
             cand = x_all if self_ref else X_all
             blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
                          None if base_int is None else base_int + s, nan_src)
-            out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
-                           return_info=True, process_group=blk, **options)
-            if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
-                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
-            return out, info
+            return call_block(y[s:e], x_all[s:e, :], margin, blk)
 
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
@@ -523,10 +542,10 @@ def _unstack(ctx, stacked, reduction):
         return xp.reshape(v, (v.shape[0] * v.shape[1],) + tuple(v.shape[2:]))
 
     out = join(out) if reduction == "none" else xp.sum(out, axis=0, dtype=out.dtype)
-    nv = as_float(ctx, info["num_valid"])
     merged = {}
     for key, v in info.items():
         if key.startswith(("fraction_", "mean_")):
+            nv = as_float(ctx, info["num_valid"])
             merged[key] = safe_divide(ctx, xp.sum(as_float(ctx, v) * nv, axis=0), xp.sum(nv, axis=0))
         elif v.ndim >= 2:
             merged[key] = join(v)
@@ -554,8 +573,7 @@ def _finish_chunked(ctx, blocks, reduction, return_info, comm=None, summed=False
         loss = gsum(loss)
     info = _merge_info(ctx, [i for _, i in blocks], gsum)
     if reduction == "mean":
-        key = "num_positive" if "num_positive" in info else "num_valid"
-        loss = safe_divide(ctx, loss, as_float(ctx, info[key]))
+        loss = safe_divide(ctx, loss, as_float(ctx, info.pop(_COUNT)))
     loss = ctx.finish(loss)
     return (loss, info) if return_info else loss
 
@@ -566,11 +584,11 @@ def _merge_info(ctx, infos, gsum=lambda v: v):
     the global sum of a distributed call, applied to the counts and weighted sums)."""
     xp = ctx.xp
     out = {}
-    nv = [as_float(ctx, i["num_valid"]) for i in infos]
-    nv_total = nv[0]
-    for v in nv[1:]:
-        nv_total = nv_total + v
     if any(k.startswith(("fraction_", "mean_")) for k in infos[0]):
+        nv = [as_float(ctx, i["num_valid"]) for i in infos]
+        nv_total = nv[0]
+        for v in nv[1:]:
+            nv_total = nv_total + v
         nv_total = gsum(nv_total)
     for key, first in infos[0].items():
         vals = [i[key] for i in infos]
