@@ -324,3 +324,61 @@ def semihard_choice(d, neg, term, zero, small_k, chosen, semi, many):
                     semi[a, col] = True
                 else:
                     chosen[a, col] = ncols[far]
+
+
+# --- contrastive pair sums (engineer "fused"; mining/contrastive.py) ---------------------
+# One pass over the pairs, branch-free per element (vectorised): each term in the
+# distances' dtype exactly as the portable formula computes it, sums in float64.
+
+@nb.njit(fastmath={"reassoc"}, **_JIT)
+def _contrastive_row(drow, prow, nrow, m, half, zero):
+    s = 0.0
+    sl = 0.0
+    c = 0
+    for j in range(drow.shape[0]):
+        x = drow[j]
+        g = m - np.sqrt(x)
+        g = zero if g <= zero else g  # max(g, 0), NaN stays NaN
+        t = half * x if prow[j] else (half * (g * g) if nrow[j] else zero)
+        s += np.float64(t)
+        sl += np.float64(g) if nrow[j] else 0.0
+        c += 1 if t > zero else 0
+    return s, sl, c
+
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def contrastive_sums(d2, pos, neg, m, acc):
+    """``acc[:] = (Σ t, Σ_neg max(m − √d², 0), #{t > 0})`` (see mining/contrastive.py)."""
+    R = d2.shape[0]
+    half = d2.dtype.type(0.5)
+    zero = d2.dtype.type(0)
+    part = np.zeros((R, 3), dtype=np.float64)
+    for a in nb.prange(R):
+        s, sl, c = _contrastive_row(d2[a], pos[a], neg[a], m, half, zero)
+        part[a, 0] = s
+        part[a, 1] = sl
+        part[a, 2] = c
+    for a in range(R):
+        for i in range(3):
+            acc[i] += part[a, i]
+
+
+@nb.njit(error_model="numpy", **_JIT)  # IEEE division (no ZeroDivisionError branch): vectorised
+def _contrastive_grad_row(drow, prow, nrow, m, g, orow, zero):
+    half_g = g * drow.dtype.type(0.5)
+    two = drow.dtype.type(2)
+    for j in range(drow.shape[0]):
+        e = np.sqrt(drow[j])
+        gap = m - e
+        gap = zero if gap <= zero else gap
+        v = -(g * gap) / (two * e)  # selected only where e > 0
+        orow[j] = half_g if prow[j] else (v if (nrow[j] and e > zero) else zero)
+
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def contrastive_grad(d2, pos, neg, m, g, out):
+    """``out = g · ∂(Σ t)/∂d²``: ½g at positives, ``−g·max(m − e, 0)/(2e)`` at negatives
+    with ``e > 0``, 0 elsewhere."""
+    zero = d2.dtype.type(0)
+    for a in nb.prange(d2.shape[0]):
+        _contrastive_grad_row(d2[a], pos[a], neg[a], m, g, out[a], zero)
