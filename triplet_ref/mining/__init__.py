@@ -28,8 +28,9 @@ run one implementation (``"portable"`` or ``"native"``), for tests.
 Each NumPy kernel has two bodies: pure NumPy (always) and a numba-compiled one
 (``_numba_kernels.py``, with the optional extra ``pip install 'triplet_ref[numba]'``),
 which makes one vectorised pass over each row's negatives per positive instead of
-NumPy's temporaries (rows with more than ``_numba.COMPILED_K`` positives still go to the
-NumPy body's SIMD sort).  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
+NumPy's temporaries, and for rows with more than ``_numba.COMPILED_K`` positives a
+linear-time bucket (counting) sort of the row's negatives instead of NumPy's per-row
+SIMD sort: every row of every label regime runs compiled.  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
 (numba where importable, for the kernels it makes faster: the batch-all hinge forward
 and backward, the semi-hard choice and sums and the contrastive sums; the soft rows are slower compiled and stay
 NumPy), ``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
