@@ -182,3 +182,30 @@ def test_losses_with_two_classes_match_the_oracle(dtype):
     if dtype == np.float64:  # float32 distances may round a term across the hinge
         assert int(bi["num_positive"]) == wai["num_positive"]
         np.testing.assert_array_equal(si["semihard_negative"], wsi["semihard_negative"])
+
+
+def test_large_calls_split_rows_among_threads(monkeypatch):
+    # _run_rows: the rows in contiguous slices, one thread each (here 3, uneven); the
+    # same results as one call, bit for bit
+    from triplet_ref.mining import _blocks
+
+    B = 101
+    rng = np.random.default_rng(5)
+    y = make_labels("big_class_singletons", B, seed=2)
+    pos, neg = _masks(y)
+    d = _distances("plain", B, np.float32, rng)
+    g = rng.standard_normal(d.shape).astype(np.float32)
+    one = _kernels(d, pos, neg, 0.5, g, 3, monkeypatch)
+    started = []
+    real = _numba.threading.Thread
+    monkeypatch.setattr(_numba.threading, "Thread", lambda *a, **k: started.append(1) or real(*a, **k))
+    monkeypatch.setattr(_blocks, "THREAD_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_blocks, "cpu_count", lambda: 3)
+    monkeypatch.setattr(_numba, "_MIN_ROWS", 1)
+    split = _kernels(d, pos, neg, 0.5, g, 3, monkeypatch)
+    assert len(started) == 3 * 2  # two more threads per kernel call
+    for a, b in zip(one, split):
+        np.testing.assert_array_equal(a, b)
+    # an error in a thread reaches the caller
+    with pytest.raises(ValueError, match="boom"):
+        _numba._run_rows(lambda *a: (_ for _ in ()).throw(ValueError("boom")), d, pos)

@@ -181,11 +181,50 @@ def _run(fn, *args):
         fn(*args)
 
 
+def _run_rows(fn, *args):
+    """:func:`_run` with the rows split among threads: a large call (at least
+    ``_blocks.THREAD_MIN_ELEMENTS`` elements, the NumPy body's rule) on several cores runs
+    ``fn`` on contiguous row slices of its 2-D arrays (every 2-D argument is (R, C), the
+    kernels write disjoint rows and hold no GIL: ``nogil=True``).  Plain threads started
+    per call (no pool survives a fork)."""
+    from . import _blocks
+
+    R, C = args[0].shape
+    n = 1 if not ROW_THREADS or R * C < _blocks.THREAD_MIN_ELEMENTS else min(_blocks.cpu_count(), R // _MIN_ROWS)
+    if n <= 1:
+        _run(fn, *args)
+        return
+    cut = [R * i // n for i in range(n + 1)]
+    errors = []
+
+    def part(i):
+        try:
+            fn(*(a[cut[i]:cut[i + 1]] if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args))
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    with _lock:
+        threads = [threading.Thread(target=part, args=(i,), daemon=True) for i in range(1, n)]
+        for t in threads:
+            t.start()
+        part(0)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+_MIN_ROWS = 64  # rows per thread at least
+#: whether :func:`_run_rows` splits large calls among threads (``benchmarks/regime_ratios.py
+#: --numba-threads off`` measures without)
+ROW_THREADS = True
+
+
 def _hinge_forward(k, numpy_body, d, pos, neg, margin):
     d, pos, neg = _c(d), _c(pos), _c(neg)
     out = np.zeros(d.shape, dtype=d.dtype)
     count = np.zeros(d.shape, dtype=np.int32)
-    _run(k.hinge_forward, d, pos, neg, *_pm(d, margin), COMPILED_K, out, count)
+    _run_rows(k.hinge_forward, d, pos, neg, *_pm(d, margin), COMPILED_K, out, count)
     return out, count
 
 
@@ -194,7 +233,7 @@ def _hinge_backward(k, numpy_body, d, pos, neg, margin, grad, count):
     grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
     count = _c(np.broadcast_to(np.asarray(count, dtype=np.int32), d.shape))
     out = np.zeros(d.shape, dtype=d.dtype)
-    _run(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out)
+    _run_rows(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out)
     return out
 
 
@@ -220,7 +259,7 @@ def _semihard_choice(k, numpy_body, d, neg, term):
     d, neg, term = _c(d), _c(neg), _c(term)
     chosen = np.zeros(d.shape, dtype=np.int64)
     semi = np.zeros(d.shape, dtype=bool)
-    _run(k.semihard_choice, d, neg, term, d.dtype.type(0), COMPILED_K, chosen, semi)
+    _run_rows(k.semihard_choice, d, neg, term, d.dtype.type(0), COMPILED_K, chosen, semi)
     return chosen, semi
 
 

@@ -362,7 +362,7 @@ def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_ro
     lo, scale, nbk = _bucket_range(dn, nn)
     _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
     # bcol[b]: the first column of bucket b's smallest finite value (-1: none); nxt[b]:
-    # the first bucket from b on that has one (-1: none)
+    # the first bucket from b on that has one (nb: none)
     for b in range(nbk):
         bmin[b] = np.inf
         bcol[b] = -1
@@ -372,7 +372,8 @@ def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_ro
         better = x < bmin[b]
         bmin[b] = x if better else bmin[b]
         bcol[b] = ncols[j] if better else bcol[b]
-    nxt[nbk] = -1
+    bcol[nbk] = -1
+    nxt[nbk] = nbk  # bcol[nbk] = -1: none
     for b in range(nbk - 1, -1, -1):
         nxt[b] = b if bcol[b] >= 0 else nxt[b + 1]
     top = np.float64(nbk - 1)
@@ -397,15 +398,9 @@ def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_ro
             better = (y > x) & (y < best)
             best = y if better else best
             at = sc[q] if better else at
-        if at < 0:
-            nb2 = nxt[b + 1]
-            if nb2 >= 0:
-                at = bcol[nb2]
-        if at >= 0:
-            chosen_row[col] = at
-            semi_row[col] = True
-        else:
-            chosen_row[col] = ncols[far]
+        at = at if at >= 0 else bcol[nxt[b + 1]]  # else the next bucket's smallest
+        chosen_row[col] = at if at >= 0 else ncols[far]
+        semi_row[col] = at >= 0
 
 
 _ROWS = 32  # rows per parallel task (one set of scratch rows per task)
