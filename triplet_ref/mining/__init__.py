@@ -21,8 +21,8 @@ which makes one vectorised pass over each row's negatives per positive instead o
 NumPy's temporaries (rows with more than ``_numba.COMPILED_K`` positives still go to the
 NumPy body's SIMD sort).  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
 (numba where importable, for the kernels it makes faster: the batch-all hinge forward
-and backward and the semi-hard choice; the soft rows are slower compiled and stay
-NumPy), ``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
+and backward and the semi-hard choice; the soft rows, one log1p per term, are slower
+compiled than NumPy's SIMD log1p and stay NumPy), ``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
 numba), ``0`` → pure NumPy; :func:`force_body` overrides it in a ``with`` block (tests).
 numba is imported on the first kernel call that selects it, never by ``import
 triplet_ref``; each kernel compiles on first use per dtype (float32, float64; others

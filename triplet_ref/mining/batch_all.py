@@ -515,17 +515,24 @@ def soft_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
     """The softplus row sums: ``(L, count, slope)`` at positive pairs, 0 elsewhere.
 
     ``L[a,p] = Σ_n softplus(t)`` and ``slope[a,p] = ∂L/∂m = Σ_n σ(t)`` with
-    ``t = d(a,p) − d(a,n) + m`` (dtype of ``d``, accumulated in float64);
-    ``count[a,p]`` (int32) the number of negatives (every valid triplet is positive).
+    ``t = d(a,p) − d(a,n) + m``, shapes ``(R, C)``, dtype of ``d`` (float32/float64;
+    longdouble too); ``count[a,p]`` (int32) the number of negatives (every valid triplet is
+    positive).
 
-    Per anchor row a shift ``c`` (the middle of the row's values) and one exp per entry,
-    ``e_n = e^{c − d(a,n)}``; per positive ``e_p = e^{d(a,p) + m − c}``; each term is then
-    ``x = e_p·e_n = e^t``, ``softplus(t) = log1p(x)``, ``σ(t) = x/(1 + x)``: a multiply
-    and one log1p per term.  Rows whose range is too wide for that (``_soft_span``:
-    78.6 in float32, 637 in float64) or not finite take the direct form
-    ``max(t, 0) + log1p(e^{−|t|})``.  One pass over the row per positive, over the
-    anchors that have that many positives: O(Σ_a K_a · C) = O(B²·K̄) time, O(rows·C)
-    scratch.
+    Per anchor row a shift ``c`` (the middle of the row's range, its distances and its
+    ``d(a,p) + m``) and one exp per entry, ``e_n = e^{c − d(a,n)}``; per positive
+    ``e_p = e^{d(a,p) + m − c}``; each term is then ``x = e_p·e_n = e^t``,
+    ``softplus(t) = log1p(x)``, ``σ(t) = x/(1 + x)``: a multiply and one log1p per term
+    instead of an exp and a log1p.  Rows whose range ``w`` is too wide for that
+    (``_soft_span``: 78.6 in float32, 637 in float64) or not finite take the direct form
+    ``max(t, 0) + log1p(e^{−|t|})`` (sums in float64).  Accuracy: ``x`` carries the
+    rounding of exp's arguments (≤ w/2 each: ≈ eps·w/2 relative), the order of the direct
+    form's rounding of ``t``; relative, so tiny terms (``t`` down to ``−w``) keep their
+    digits.  The factored rows' sums are one BLAS matrix-vector product per slot, in the
+    dtype (SIMD partial sums: within 3 eps of float64 sums, measured on 1024–16384
+    positive terms).  One pass over the row per positive, over the anchors that have that
+    many positives (rows ordered by their count): O(Σ_a K_a · C) = O(B²·K̄) time,
+    O(rows·C) scratch (sub-blocks of ``_SOFT_SUB_ELEMENTS``, cache-sized).
     """
     R, C = d.shape
     out = np.zeros((R, C), dtype=d.dtype)
@@ -569,7 +576,9 @@ def soft_backward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin,
     """Gradient of ``Σ grad ⊙ L`` (softplus) with respect to ``d``:
     ``∂/∂d(a,p) = grad[a,p]·slope[a,p]``, ``∂/∂d(a,n) = −Σ_p grad[a,p]·σ(t(a,p,n))``
     (``σ(t) = x/(1 + x)``, ``x = e^{d(a,p) + m − c}·e^{c − d(a,n)}`` as in
-    :func:`soft_forward`, whose direct form the same rows take)."""
+    :func:`soft_forward`, whose direct form the same rows take; no exp or log per term:
+    a multiply, an add and a divide each).  Shapes ``(R, C)``, dtype of ``d``; ``grad`` and
+    ``slope`` may be broadcast views."""
     R, C = d.shape
     m = d.dtype.type(margin)
     one = d.dtype.type(1)
