@@ -44,12 +44,21 @@ MARGIN = 0.5
 IMPLS = ("portable", "native-numpy", "native-numba")
 
 
+# steps forced together with a loss's step: batch_semihard's "mean"/"sum" run the fused
+# SEMIHARD_SUMS (whose portable version runs the choice step, whose kernel the choice kernel)
+COMPANIONS = {"semihard_choice": (M.SEMIHARD_SUMS,)}
+
+
+def _with(step):
+    return (step, *COMPANIONS.get(step.name, ()))
+
+
 @contextlib.contextmanager
 def _force(impl, step):
-    """Force ``step`` to ``impl`` (``"native-<body>"``: the native implementation, the
-    NumPy kernels with that body)."""
+    """Force ``step`` (and its companions) to ``impl`` (``"native-<body>"``: the native
+    implementation, the NumPy kernels with that body)."""
     kind, _, body = impl.partition("-")
-    with M.force(kind, step), M.force_body(body or "auto"):
+    with M.force(kind, *_with(step)), M.force_body(body or "auto"):
         yield
 
 
@@ -72,9 +81,10 @@ LOSSES = [
 # which backends have which native steps on CPU: a bridge that stops registering (and
 # would silently shrink this suite to the portable path) fails here
 NATIVE_ON_CPU = {
-    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "contrastive_sums"},
-    "torch": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "sqdist", "contrastive_sums"},
-    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "contrastive_sums"},
+    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums"},
+    "torch": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "sqdist",
+              "contrastive_sums"},
+    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums"},
     "array_api_strict": set(),
 }
 
@@ -280,7 +290,7 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
     for loss in LOSSES[:3]:
         if loss.id == "batch_all_soft":
             continue
-        with M.force("native", loss.step):
+        with M.force("native", *_with(loss.step)):
             got, info = loss.fn(y, x, MARGIN, return_info=True)
         want, oinfo = _oracle(loss.id, regime, "mean")
         _close(got, want, loss.id)

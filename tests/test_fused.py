@@ -4,7 +4,13 @@
   float64 loops on rectangular problems with zero, NaN and infinite distances (float32
   and float64), the kernel's gradient against the loops' derivative, the learnable
   margin's gradient under every implementation (torch), and the torch double backward
-  forced native.
+  forced native;
+* ``SEMIHARD_SUMS``: both bodies against loops given the choice kernel's choice (a
+  rectangular problem with an anchor of more than ``COMPILED_K`` terms), the margin's
+  gradient and the torch double backward under every implementation.
+
+The losses themselves (every backend, regime, dtype, reduction, gradient) run these steps
+in ``tests/test_engine.py`` (forced with the choice step there) and the loss suites.
 """
 from __future__ import annotations
 
@@ -132,6 +138,85 @@ def test_contrastive_margin_and_second_order_torch(impl):
 
         u = torch.tensor(np.random.default_rng(6).normal(size=x.shape))
         (g,) = torch.autograd.grad(tr.batch_contrastive(y, X, 1.5), (X,), create_graph=True)
+        (hv,) = torch.autograd.grad((g * u).sum(), (X,))
+        x0 = torch.tensor(x)
+        fd = (grad_of(x0 + h * u) - grad_of(x0 - h * u)) / (2 * h)
+    torch.testing.assert_close(hv, fd, rtol=1e-5, atol=1e-6)
+
+
+# --- SEMIHARD_SUMS -------------------------------------------------------------------------
+
+def _semihard_loops(d, neg, term, chosen, m):
+    """Plain float64 loops over the terms, given the choice: (total, active) and ∂total/∂d."""
+    total, active = 0.0, 0
+    grad = np.zeros(d.shape)
+    for a, p in zip(*np.nonzero(term)):
+        n = chosen[a, p]
+        assert neg[a, n]
+        arg = float(d[a, p] - d[a, n]) + m
+        total += max(arg, 0.0)
+        if arg > 0:
+            active += 1
+            grad[a, p] += 1.0
+            grad[a, n] -= 1.0
+    return (total, active), grad
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_semihard_kernel_bodies_equal_loops(body, dtype):
+    """Both bodies on a rectangular problem (a reference set: R != C) whose anchors have
+    few and many terms: the choice equals the choice step's kernel, the sums and the
+    gradient the loops'."""
+    from triplet_ref.mining import semihard_sums as S
+
+    rng = np.random.default_rng(4)
+    R, Cn = 21, 150
+    d = rng.uniform(0, 3, size=(R, Cn)).astype(dtype)
+    d[rng.random(d.shape) < 0.05] = 0
+    y, z = rng.integers(0, 5, R), rng.integers(0, 5, Cn)
+    y[0] = 7  # an anchor without a term
+    z[:140] = np.where(np.arange(140) < 130, y[3], z[:140])  # anchor 3: > 128 terms (the NumPy hand-off)
+    eq = y[:, None] == z[None, :]
+    neg = ~eq
+    term = eq & neg.any(axis=1)[:, None]
+    m = 0.4
+    k = S.SUMS.kernel
+    total, act, n_semi, chosen = getattr(k.forward, body)(d, neg, term, np.asarray(m, dtype=dtype))
+    want_ch, want_semi = M.SEMIHARD_CHOICE.kernel.forward.numpy(d, neg, term)
+    np.testing.assert_array_equal(np.where(term, chosen, -1), np.where(term, want_ch, -1))
+    (w_total, w_act), w_grad = _semihard_loops(d, neg, term, want_ch, m)
+    assert all(np.asarray(v).shape == () and np.asarray(v).dtype == d.dtype for v in (total, act, n_semi))
+    np.testing.assert_allclose(float(total), w_total, rtol=1e-6 if dtype == "float32" else 1e-12)
+    assert float(act) == w_act and float(n_semi) == np.count_nonzero(want_semi & term)
+    g = getattr(k.backward, body)(d, neg, term, np.asarray(m, dtype=dtype), np.asarray(1.5, dtype=dtype), act, chosen)
+    assert g.dtype == d.dtype
+    np.testing.assert_array_equal(g, (1.5 * w_grad).astype(dtype))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_semihard_margin_and_second_order_torch(impl):
+    """torch, float64, the fused step (and the choice) forced to each implementation: the
+    margin's gradient is the number of positive terms; the create_graph Hessian-vector
+    product equals a finite difference of the gradient."""
+    torch = pytest.importorskip("torch")
+    y = make_labels("pk4", 16, seed=3)
+    x = np.random.default_rng(8).normal(size=(16, 3))
+    h = 1e-6
+    kind, _, body = impl.partition("-")
+    with M.force(kind, M.SEMIHARD_SUMS, M.SEMIHARD_CHOICE), M.force_body(body or "auto"):
+        m = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        X = torch.tensor(x, requires_grad=True)
+        (gm,) = torch.autograd.grad(tr.batch_semihard(y, X, m, reduction="sum"), (m,))
+        _, info = O.batch_semihard(y, x, 0.5, return_info=True)
+        assert float(gm) == round(info["num_valid"] * info["fraction_positive"])
+
+        def grad_of(z):
+            z = z.clone().requires_grad_(True)
+            return torch.autograd.grad(tr.batch_semihard(y, z, 0.5), (z,))[0]
+
+        u = torch.tensor(np.random.default_rng(6).normal(size=x.shape))
+        (g,) = torch.autograd.grad(tr.batch_semihard(y, X, 0.5), (X,), create_graph=True)
         (hv,) = torch.autograd.grad((g * u).sum(), (X,))
         x0 = torch.tensor(x)
         fd = (grad_of(x0 + h * u) - grad_of(x0 - h * u)) / (2 * h)

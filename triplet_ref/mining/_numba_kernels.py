@@ -665,3 +665,45 @@ def contrastive_grad(d2, pos, neg, m, g, out):
     zero = d2.dtype.type(0)
     for a in nb.prange(d2.shape[0]):
         _contrastive_grad_row(d2[a], pos[a], neg[a], m, g, out[a], zero)
+
+
+# --- semi-hard sums after the choice (engineer "fused"; mining/semihard_sums.py) ---------
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def semihard_sums(d, term, chosen, semi, m, acc):
+    """``acc[:] = (Σ max(arg, 0), #{arg > 0}, #semi)`` over the terms, ``arg = (d(a,p) −
+    d(a,n*)) + m`` in ``d``'s dtype (NaN stays NaN in the sum, is not counted)."""
+    R, C = d.shape
+    zero = d.dtype.type(0)
+    part = np.zeros((R, 3), dtype=np.float64)
+    for a in nb.prange(R):
+        s = 0.0
+        act = 0
+        ns = 0
+        for c in range(C):
+            if term[a, c]:
+                arg = (d[a, c] - d[a, chosen[a, c]]) + m
+                s += np.float64(zero if arg <= zero else arg)
+                act += 1 if arg > zero else 0
+                ns += 1 if semi[a, c] else 0
+        part[a, 0] = s
+        part[a, 1] = act
+        part[a, 2] = ns
+    for a in range(R):
+        for i in range(3):
+            acc[i] += part[a, i]
+
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def semihard_grad(d, term, chosen, m, g, out):
+    """``out`` (zeros) += ``g`` at every active term ``(a, p)`` (``arg > 0``) and −= ``g``
+    at its chosen negative ``(a, n*)``."""
+    R, C = d.shape
+    zero = d.dtype.type(0)
+    for a in nb.prange(R):
+        for c in range(C):
+            if term[a, c]:
+                n = chosen[a, c]
+                if (d[a, c] - d[a, n]) + m > zero:
+                    out[a, c] += g
+                    out[a, n] -= g
