@@ -249,3 +249,49 @@ def test_row_blocks_without_a_term(body, dtype, monkeypatch):
     d = (np.random.default_rng(7).random((8, 8)) * 2).astype(dtype)
     out = _check(d, pos, neg, 0.3)
     assert not out[0][:2].any() and out[0][2:7][pos[2:7]].all()
+
+
+# --- the portable soft step under jax.jit (traced labels: static-shape anchor blocks) -------
+
+def _jit_soft_sum(jax):
+    def f(z, lab):
+        with mining.force("portable", SOFT):
+            return tr.batch_all(lab, z, 0.7, soft=True, reduction="sum")
+    return f
+
+
+def test_portable_soft_blocks_under_jax_jit(monkeypatch):
+    """Blocks of 5 anchors for B = 12 (the last one padded), run by ``lax.map`` over
+    rematerialised blocks: value and gradient against the float64 oracle (the gradient
+    along two directions by central differences)."""
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(mba, "_SOFT_BLOCK_ELEMENTS", 5 * 12 * 12)
+    rng = np.random.default_rng(8)
+    y = make_labels("random_singletons", 12, seed=8)
+    x = rng.standard_normal((12, 3))
+    value, grad = jax.jit(jax.value_and_grad(_jit_soft_sum(jax)))(jax.numpy.asarray(x), jax.numpy.asarray(y))
+    assert float(value) == pytest.approx(oracles.batch_all(y, x, 0.7, soft=True, reduction="sum"), rel=1e-12)
+    h = 1e-6
+    for k in range(2):
+        u = np.random.default_rng(k).standard_normal(x.shape)
+        fd = (oracles.batch_all(y, x + h * u, 0.7, soft=True, reduction="sum")
+              - oracles.batch_all(y, x - h * u, 0.7, soft=True, reduction="sum")) / (2 * h)
+        assert float(np.sum(np.asarray(grad) * u)) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_portable_soft_under_jax_jit_holds_one_block(monkeypatch):
+    """XLA's temporaries for the compiled loss and its gradient (B = 64, float64, blocks
+    of 2¹³ elements: 2 anchors): a few anchor blocks, where independent blocks took them
+    all at once (B³ elements: 2 MiB forward, 6 MiB with the gradient)."""
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(mba, "_SOFT_BLOCK_ELEMENTS", 1 << 13)
+    B = 64
+    y = jax.numpy.asarray(make_labels("pk4", B, seed=0))
+    x = jax.numpy.asarray(np.random.default_rng(0).standard_normal((B, 4)))
+    f = _jit_soft_sum(jax)
+    block = (1 << 13) * 8
+    for g, most in ((f, 4 * block), (jax.grad(f), 8 * block)):  # 256 KiB, 512 KiB
+        mem = jax.jit(g).lower(x, y).compile().memory_analysis()
+        if mem is None:
+            pytest.skip("this jaxlib reports no memory analysis")
+        assert mem.temp_size_in_bytes <= most, (g, mem.temp_size_in_bytes / 2**20)

@@ -128,6 +128,19 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.logaddexp(x, zero)
 
+    def map_row_blocks(self, xp, fn, rows: int, *arrays):
+        """``fn`` on consecutive blocks of ``rows`` rows of ``arrays`` (2-D, the same number
+        of rows), its outputs (a tuple of arrays with one row per input row) concatenated:
+        one block after the other, each block's temporaries freed before the next (eager
+        backends: a Python loop).  JAX overrides it with ``lax.map`` over rematerialised
+        blocks, so that ``jax.jit`` (and its gradient) holds one block's temporaries at a
+        time instead of every block's."""
+        n = arrays[0].shape[0]
+        outs = [fn(*(a[start : min(n, start + rows), ...] for a in arrays)) for start in range(0, n, rows)]
+        if len(outs) == 1:
+            return outs[0]
+        return tuple(xp.concat(parts, axis=0) for parts in zip(*outs))
+
     def native_kernel(self, step, like: Any):
         """This backend's native implementation of a mining step (a
         :class:`triplet_ref.mining.Step`), or None where it has none: a function of the

@@ -230,6 +230,25 @@ class JaxBackend(Backend):
     def softplus(self, xp, x):
         return jax.nn.softplus(x)
 
+    def map_row_blocks(self, xp, fn, rows, *arrays):
+        # lax.map runs the blocks in sequence (a Python loop's blocks are independent in
+        # the XLA graph, which keeps all their temporaries alive at once) and
+        # jax.checkpoint keeps only each block's inputs for the gradient (the backward
+        # recomputes a block's temporaries): one block's memory, not every block's.
+        # The rows are padded to whole blocks with zeros (False masks: no term).
+        n = arrays[0].shape[0]
+        if n <= rows:
+            return fn(*arrays)
+        nb = -(-n // rows)
+        pad = nb * rows - n
+
+        def blocks(a):
+            a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+            return a.reshape((nb, rows) + a.shape[1:])
+
+        outs = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), tuple(blocks(a) for a in arrays))
+        return tuple(o.reshape((nb * rows,) + o.shape[2:])[:n] for o in outs)
+
     def native_kernel(self, step, like):
         if not _on_cpu(like):
             return None  # GPU: the portable jnp.sort / searchsorted path

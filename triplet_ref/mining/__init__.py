@@ -32,8 +32,9 @@ NumPy's temporaries, and for rows with more than ``_numba.COMPILED_K`` positives
 linear-time bucket (counting) sort of the row's negatives instead of NumPy's per-row
 SIMD sort: every row of every label regime runs compiled.  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
 (numba where importable, for the kernels it makes faster: the batch-all hinge forward
-and backward, the semi-hard choice and sums and the contrastive sums; the soft rows are slower compiled and stay
-NumPy), ``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
+and backward, the semi-hard choice and sums and the contrastive sums; the soft rows,
+one log1p per term, are slower compiled than NumPy's SIMD log1p and stay NumPy),
+``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
 numba), ``0`` → pure NumPy; :func:`force_body` overrides it in a ``with`` block (tests).
 numba is imported on the first kernel call that selects it, never by ``import
 triplet_ref``; each kernel compiles on first use per dtype (float32, float64; others

@@ -272,8 +272,9 @@ def hinge_backward(numpy_body):
     return Accelerated(numpy_body, _hinge_backward)
 
 
-# the soft sums call exp and log1p per term: compiled, they are scalar libm calls, slower
-# than NumPy's SIMD ones (benchmarks/kernels.py): numba runs them only when selected
+# the soft sums need a log1p per term (the NumPy body: one SIMD log1p, the exps factored
+# per row and per positive); compiled it is a scalar libm call, slower than the NumPy
+# body even in the factored form: numba runs them only when selected
 def soft_forward(numpy_body):
     return Accelerated(numpy_body, _soft_forward, auto=False)
 

@@ -178,16 +178,23 @@ def _split(drow, term_row, neg_row, cols, dn, ncols, zero):
 
 # --- the bucket pass: rows with many positives (more than ``small_k``) -----------------
 #
-# A row's negatives are counting-sorted into ``nb`` buckets of equal width over the range
-# of their finite values (``_bucket``: monotone, x ≤ y ⇒ bucket(x) ≤ bucket(y), so every
-# value of a lower bucket is below every value of a higher one; ±inf and any query
-# outside the range clamp to the end buckets, a NaN query to bucket 0).  A query ``t``
-# is answered from prefix arrays over the buckets below its own and an exact scan of
-# its one bucket: O(C + nb + K·bucket) per row instead of O(K·C).  All values in one
-# bucket (equal distances, one far outlier) is the O(K·C) scan again: exact, slower.
+# A row's negatives (the backward: its thresholds) are counting-sorted into ``nb``
+# buckets of equal width over the range of the negatives' finite values (``_bucket``:
+# monotone, x ≤ y ⇒ bucket(x) ≤ bucket(y), so every value of a lower bucket is below
+# every value of a higher one; ±inf and any query outside the range clamp to the end
+# buckets, a NaN query to bucket 0).  A query is answered from prefix counts and sums
+# over the buckets below its own plus its own bucket: a masked, branch-free pass over
+# the bucket's first ``_WINDOW`` slots and a plain one over the rest of a fuller bucket
+# (the hinge forward and backward need no order within a bucket).  The semi-hard choice
+# sorts within the buckets too (one insertion pass, stable: ties keep their column
+# order; a stable argsort for a crowded bucket): a term's choice is the value at its
+# rank, found by the same masked count and a binary search.  O(C + nb + K·bucket) per
+# row instead of O(K·C).  Values crowding one bucket (all equal, one far outlier) are
+# exact too, the hinge then O(K·C) again, the choice O(C log C).
 
 _BUCKETS = 2  # buckets per negative (nb = 2·#negatives): a bucket holds about one
-_WINDOW = 4  # a query scans this many slots from its bucket's start branch-free (masked)
+_WINDOW = 4  # a query reads this many slots from its bucket's start branch-free (masked)
+_CROWDED = 32  # a bucket with more values is sorted by np.argsort (stable), not insertion
 
 
 @nb.njit(inline="always", **_JIT)
@@ -220,8 +227,9 @@ def _taus(drow, cols, k, m, up, down, tv):
 
 
 @nb.njit(**_JIT)
-def _bucket_range(dn, nn):
-    """``(lo, scale, nb)``: ``nb`` buckets over ``dn[:nn]``'s finite values,
+def _bucket_range(dn, nn, items):
+    """``(lo, scale, nb)``: ``nb`` buckets (``_BUCKETS`` per item to sort, ``items``)
+    over ``dn[:nn]``'s finite values,
     ``bucket(x) = ⌊(x − lo)·scale⌋`` clamped to ``[0, nb)`` (``scale`` 0 where the
     values are one or the range does not fit: everything in bucket 0)."""
     lo = np.inf
@@ -231,7 +239,7 @@ def _bucket_range(dn, nn):
         fin = x - x == 0.0
         lo = min(lo, x if fin else lo)
         hi = max(hi, x if fin else hi)
-    nbk = max(1, nn * _BUCKETS)
+    nbk = max(1, items * _BUCKETS)
     if not lo < hi:  # one finite value, or none
         return (lo if lo <= hi else 0.0), 0.0, nbk
     scale = nbk / (hi - lo)
@@ -253,9 +261,10 @@ def _bucket(x, lo, scale, top):
 
 
 @nb.njit(**_JIT)
-def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc):
-    """Counting sort of ``vals[:n]`` (and ``cols[:n]``) by bucket, stable: ``sv``/``sc``
-    in bucket order, bucket ``b`` at ``[start[b], start[b + 1])``."""
+def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc, within):
+    """``vals[:n]`` (and ``cols[:n]``) into ``sv``/``sc`` by a stable counting sort by
+    bucket, bucket ``b`` at ``[start[b], start[b + 1])``; ``within``: then sorted within
+    the buckets too (stable; no NaN in ``vals``)."""
     top = np.float64(nbk - 1)
     start[: nbk + 2] = 0
     for j in range(n):
@@ -270,14 +279,61 @@ def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc):
         sv[q] = vals[j]
         sc[q] = cols[j]
         start[bk[j] + 1] = q + 1
+    if not within:
+        return
+    for b in range(nbk):  # a crowded bucket (one far outlier, a cluster): a stable sort
+        s0 = start[b]
+        s1 = start[b + 1]
+        if s1 - s0 > _CROWDED:
+            o = np.argsort(sv[s0:s1], kind="mergesort")
+            v = sv[s0:s1][o]
+            c = sc[s0:s1][o]
+            sv[s0:s1] = v
+            sc[s0:s1] = c
+    for q in range(1, n):  # out of order only within a bucket
+        y = sv[q]
+        if sv[q - 1] > y:
+            c = sc[q]
+            p = q - 1
+            while p >= 0 and sv[p] > y:
+                sv[p + 1] = sv[p]
+                sc[p + 1] = sc[p]
+                p -= 1
+            sv[p + 1] = y
+            sc[p + 1] = c
+
+
+@nb.njit(inline="always", **_JIT)
+def _rank(sv, start, b, x):
+    """The number of values ``≤ x`` (``x`` in bucket ``b``, the buckets sorted within):
+    the buckets below, then a count over bucket ``b`` (its first slots masked, the rest
+    of a fuller one by binary search)."""
+    s0 = start[b]
+    s1 = start[b + 1]
+    c = s0
+    for w in range(_WINDOW):  # masked (the sorted arrays have _WINDOW slots of slack)
+        y = sv[s0 + w]
+        c += 1 if (s0 + w < s1) & (y <= x) else 0
+    lo = s0 + _WINDOW  # the rest of a fuller bucket: a binary search (it is sorted)
+    hi = s1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        y = sv[mid]
+        if y <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return c + (lo - s0 - _WINDOW if lo > s0 + _WINDOW else 0)
 
 
 @nb.njit(**_JIT)
 def _forward_buckets(drow, cols, k, dn, ncols, nn, n_nan, m, up, down, out_row, count_row,
                      bk, start, sv, sc, ps, tv):
-    """The hinge forward of one row (``hinge_forward``) by buckets."""
-    lo, scale, nbk = _bucket_range(dn, nn)
-    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
+    """The hinge forward of one row (``hinge_forward``) by buckets (not sorted within:
+    a count and a sum need no order): prefix counts and sums over the buckets below the
+    threshold's, a masked sum over its bucket's first slots, a plain one over the rest."""
+    lo, scale, nbk = _bucket_range(dn, nn, nn)
+    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc, False)
     # ps[b]: Σ (x − lo) over the buckets below b (shifted: small sums, little cancellation)
     ps[: nbk + 1] = 0.0
     for j in range(nn):
@@ -322,14 +378,14 @@ def _backward_buckets(drow, cols, k, dn, ncols, nn, m, up, down, g_row, c_row, o
     """The hinge backward of one row (``hinge_backward``): the thresholds bucketed over
     the negatives' range; per negative ``x``, Σ grad over the thresholds above it: the
     buckets above its own (suffix sums) and an exact scan of its one bucket."""
-    lo, scale, nbk = _bucket_range(dn, nn)
+    lo, scale, nbk = _bucket_range(dn, nn, k)  # the thresholds are sorted
     _taus(drow, cols, k, m, up, down, tv)
     for i in range(k):
         p = cols[i]
         w = np.float64(g_row[p])
         out_row[p] = w * c_row[p]
         tg[i] = w
-    _bucket_sort(tv, tg, k, lo, scale, nbk, bk, start, sv, sg)
+    _bucket_sort(tv, tg, k, lo, scale, nbk, bk, start, sv, sg, False)
     # gs[b]: Σ grad over the thresholds in the buckets above b
     gs[: nbk + 1] = 0.0
     for i in range(k):
@@ -346,61 +402,37 @@ def _backward_buckets(drow, cols, k, dn, ncols, nn, m, up, down, g_row, c_row, o
         s0 = start[b]
         s1 = start[b + 1]
         acc = gs[b]
-        for w in range(_WINDOW):  # masked, as in _forward_buckets
-            acc += sg[s0 + w] if (s0 + w < s1) & (x < sv[s0 + w]) else 0.0
+        for w in range(_WINDOW):  # masked, as in _forward_buckets (loads outside the select)
+            gq = sg[s0 + w]
+            acc += gq if (s0 + w < s1) & (x < sv[s0 + w]) else 0.0
         for q in range(s0 + _WINDOW, s1):
-            acc += sg[q] if x < sv[q] else 0.0
+            gq = sg[q]
+            acc += gq if x < sv[q] else 0.0
         out_row[ncols[j]] = 0.0 - acc  # +0.0 where no term, as the NumPy body
 
 
 @nb.njit(**_JIT)
 def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_row,
-                    bk, start, sv, sc, bmin, bcol, nxt):
-    """The semi-hard choice of one row (``semihard_choice``) by buckets: per bucket its
-    smallest finite value's first column, the next bucket holding one, and an exact scan
-    of the term's own bucket."""
-    lo, scale, nbk = _bucket_range(dn, nn)
-    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
-    # bcol[b]: the first column of bucket b's smallest finite value (-1: none); nxt[b]:
-    # the first bucket from b on that has one (nb: none)
-    for b in range(nbk):
-        bmin[b] = np.inf
-        bcol[b] = -1
-    for j in range(nn):  # columns ascending: the first of ties
-        b = bk[j]
-        x = dn[j]
-        better = x < bmin[b]
-        bmin[b] = x if better else bmin[b]
-        bcol[b] = ncols[j] if better else bcol[b]
-    bcol[nbk] = -1
-    nxt[nbk] = nbk  # bcol[nbk] = -1: none
-    for b in range(nbk - 1, -1, -1):
-        nxt[b] = b if bcol[b] >= 0 else nxt[b + 1]
+                    bk, start, sv, sc):
+    """The semi-hard choice of one row (``semihard_choice``) on the sorted negatives
+    (ties in column order): the first one beyond ``d(a,p)`` is at its rank, if finite."""
+    lo, scale, nbk = _bucket_range(dn, nn, nn)
+    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc, True)
+    sv[nn] = np.inf  # past the last: none
+    sc[nn] = -1
     top = np.float64(nbk - 1)
+    far_col = ncols[far]
     for i in range(k):
         col = cols[i]
         x = drow[col] + zero
         if x != x:
-            chosen_row[col] = ncols[far]
+            chosen_row[col] = far_col
             continue
-        b = _bucket(x, lo, scale, top)
-        s0 = start[b]
-        s1 = start[b + 1]
-        best = np.inf
-        at = -1
-        for w in range(_WINDOW):  # masked, as in _forward_buckets
-            y = sv[s0 + w]
-            better = (s0 + w < s1) & (y > x) & (y < best)  # +inf is no strict choice
-            best = y if better else best
-            at = sc[s0 + w] if better else at
-        for q in range(s0 + _WINDOW, s1):
-            y = sv[q]
-            better = (y > x) & (y < best)
-            best = y if better else best
-            at = sc[q] if better else at
-        at = at if at >= 0 else bcol[nxt[b + 1]]  # else the next bucket's smallest
-        chosen_row[col] = at if at >= 0 else ncols[far]
-        semi_row[col] = at >= 0
+        q = _rank(sv, start, _bucket(x, lo, scale, top), x)
+        ok = sv[q] < np.inf  # +inf is no strict choice
+        at = sc[q]
+        chosen_row[col] = at if ok else far_col
+        semi_row[col] = ok
 
 
 _ROWS = 32  # rows per parallel task (one set of scratch rows per task)
@@ -566,9 +598,6 @@ def semihard_choice(d, neg, term, zero, small_k, chosen, semi):
         start = np.empty(_BUCKETS * C + 2, dtype=np.int64)
         sv = np.empty(C + _WINDOW, dtype=d.dtype)  # _WINDOW slots of slack
         sc = np.empty(C + _WINDOW, dtype=np.int64)
-        bmin = np.empty(_BUCKETS * C + 1, dtype=d.dtype)
-        bcol = np.empty(_BUCKETS * C + 1, dtype=np.int64)
-        nxt = np.empty(_BUCKETS * C + 1, dtype=np.int64)
         for a in range(blk * _ROWS, min(R, (blk + 1) * _ROWS)):
             drow = d[a]
             k, nn, n_nan = _split(drow, term[a], neg[a], cols, dn, ncols, zero)
@@ -588,7 +617,7 @@ def semihard_choice(d, neg, term, zero, small_k, chosen, semi):
                     if dn[j] > dn[far]:
                         far = j
                 _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen[a], semi[a],
-                                bk, start, sv, sc, bmin, bcol, nxt)
+                                bk, start, sv, sc)
                 continue
             keys = _ordered_keys(dn[:nn])  # dn as ordered integers, in place
             one[1] = np.inf
