@@ -182,16 +182,18 @@ def _split(drow, term_row, neg_row, cols, dn, ncols, zero):
 # buckets of equal width over the range of the negatives' finite values (``_bucket``:
 # monotone, x ≤ y ⇒ bucket(x) ≤ bucket(y), so every value of a lower bucket is below
 # every value of a higher one; ±inf and any query outside the range clamp to the end
-# buckets, a NaN query to bucket 0), then one insertion pass sorts within the buckets
-# (stable: ties keep their column order; its inversions are only within a bucket): the
-# row sorted in O(C + nb) for spread values.  A query's rank in that order is the start
-# of its bucket plus a masked, branch-free count over the bucket's first ``_WINDOW``
-# slots (and a binary search over the rest of a fuller bucket); prefix sums over the
-# sorted row give the sums.  O(C + nb + K·bucket) per row instead of O(K·C).  Values
-# crowding one bucket (all equal, one far outlier) are exact too: O(C log C).
+# buckets, a NaN query to bucket 0).  A query is answered from prefix counts and sums
+# over the buckets below its own plus its own bucket: a masked, branch-free pass over
+# the bucket's first ``_WINDOW`` slots and a plain one over the rest of a fuller bucket
+# (the hinge forward and backward need no order within a bucket).  The semi-hard choice
+# sorts within the buckets too (one insertion pass, stable: ties keep their column
+# order; a stable argsort for a crowded bucket): a term's choice is the value at its
+# rank, found by the same masked count and a binary search.  O(C + nb + K·bucket) per
+# row instead of O(K·C).  Values crowding one bucket (all equal, one far outlier) are
+# exact too, the hinge then O(K·C) again, the choice O(C log C).
 
 _BUCKETS = 2  # buckets per negative (nb = 2·#negatives): a bucket holds about one
-_WINDOW = 4  # a query scans this many slots from its bucket's start branch-free (masked)
+_WINDOW = 4  # a query reads this many slots from its bucket's start branch-free (masked)
 _CROWDED = 32  # a bucket with more values is sorted by np.argsort (stable), not insertion
 
 
@@ -225,8 +227,9 @@ def _taus(drow, cols, k, m, up, down, tv):
 
 
 @nb.njit(**_JIT)
-def _bucket_range(dn, nn):
-    """``(lo, scale, nb)``: ``nb`` buckets over ``dn[:nn]``'s finite values,
+def _bucket_range(dn, nn, items):
+    """``(lo, scale, nb)``: ``nb`` buckets (``_BUCKETS`` per item to sort, ``items``)
+    over ``dn[:nn]``'s finite values,
     ``bucket(x) = ⌊(x − lo)·scale⌋`` clamped to ``[0, nb)`` (``scale`` 0 where the
     values are one or the range does not fit: everything in bucket 0)."""
     lo = np.inf
@@ -236,7 +239,7 @@ def _bucket_range(dn, nn):
         fin = x - x == 0.0
         lo = min(lo, x if fin else lo)
         hi = max(hi, x if fin else hi)
-    nbk = max(1, nn * _BUCKETS)
+    nbk = max(1, items * _BUCKETS)
     if not lo < hi:  # one finite value, or none
         return (lo if lo <= hi else 0.0), 0.0, nbk
     scale = nbk / (hi - lo)
@@ -258,10 +261,10 @@ def _bucket(x, lo, scale, top):
 
 
 @nb.njit(**_JIT)
-def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc):
-    """``vals[:n]`` (and ``cols[:n]``) sorted, stable, into ``sv``/``sc``: a counting sort
-    by bucket, bucket ``b`` at ``[start[b], start[b + 1])``, then an insertion pass (no
-    NaN in ``vals``)."""
+def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc, within):
+    """``vals[:n]`` (and ``cols[:n]``) into ``sv``/``sc`` by a stable counting sort by
+    bucket, bucket ``b`` at ``[start[b], start[b + 1])``; ``within``: then sorted within
+    the buckets too (stable; no NaN in ``vals``)."""
     top = np.float64(nbk - 1)
     start[: nbk + 2] = 0
     for j in range(n):
@@ -276,6 +279,8 @@ def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc):
         sv[q] = vals[j]
         sc[q] = cols[j]
         start[bk[j] + 1] = q + 1
+    if not within:
+        return
     for b in range(nbk):  # a crowded bucket (one far outlier, a cluster): a stable sort
         s0 = start[b]
         s1 = start[b + 1]
@@ -299,21 +304,22 @@ def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc):
 
 
 @nb.njit(inline="always", **_JIT)
-def _rank(sv, start, b, x, strict):
-    """The number of sorted values below ``x`` (``strict``: ``< x``, else ``≤ x``), ``x``
-    in bucket ``b``: the buckets below, then a count over bucket ``b``."""
+def _rank(sv, start, b, x):
+    """The number of values ``≤ x`` (``x`` in bucket ``b``, the buckets sorted within):
+    the buckets below, then a count over bucket ``b`` (its first slots masked, the rest
+    of a fuller one by binary search)."""
     s0 = start[b]
     s1 = start[b + 1]
     c = s0
     for w in range(_WINDOW):  # masked (the sorted arrays have _WINDOW slots of slack)
         y = sv[s0 + w]
-        c += 1 if (s0 + w < s1) & ((y < x) if strict else (y <= x)) else 0
+        c += 1 if (s0 + w < s1) & (y <= x) else 0
     lo = s0 + _WINDOW  # the rest of a fuller bucket: a binary search (it is sorted)
     hi = s1
     while lo < hi:
         mid = (lo + hi) >> 1
         y = sv[mid]
-        if (y < x) if strict else (y <= x):
+        if y <= x:
             lo = mid + 1
         else:
             hi = mid
@@ -323,26 +329,45 @@ def _rank(sv, start, b, x, strict):
 @nb.njit(**_JIT)
 def _forward_buckets(drow, cols, k, dn, ncols, nn, n_nan, m, up, down, out_row, count_row,
                      bk, start, sv, sc, ps, tv):
-    """The hinge forward of one row (``hinge_forward``) on the sorted negatives: the count
-    below each threshold is its rank, the sum a prefix sum."""
-    lo, scale, nbk = _bucket_range(dn, nn)
-    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
-    # ps[q]: Σ (x − lo) over the q smallest (shifted: small sums, little cancellation)
-    ps[0] = 0.0
-    for q in range(nn):
-        ps[q + 1] = ps[q] + (np.float64(sv[q]) - lo)
+    """The hinge forward of one row (``hinge_forward``) by buckets (not sorted within:
+    a count and a sum need no order): prefix counts and sums over the buckets below the
+    threshold's, a masked sum over its bucket's first slots, a plain one over the rest."""
+    lo, scale, nbk = _bucket_range(dn, nn, nn)
+    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc, False)
+    # ps[b]: Σ (x − lo) over the buckets below b (shifted: small sums, little cancellation)
+    ps[: nbk + 1] = 0.0
+    for j in range(nn):
+        ps[bk[j] + 1] += np.float64(dn[j]) - lo
+    for b in range(nbk):
+        ps[b + 1] += ps[b]
     _taus(drow, cols, k, m, up, down, tv)
     top = np.float64(nbk - 1)
     m64 = np.float64(m)
     for i in range(k):
         p = cols[i]
         t = tv[i]
-        c = _rank(sv, start, _bucket(t, lo, scale, top), t, True)
+        b = _bucket(t, lo, scale, top)
+        s0 = start[b]
+        s1 = start[b + 1]
+        c = s0
+        sm = ps[b]
+        # the bucket's first _WINDOW slots, masked (sv has _WINDOW slots of slack), then
+        # the rest of a fuller bucket
+        for w in range(_WINDOW):
+            x = sv[s0 + w]
+            h = (s0 + w < s1) & (x < t)
+            c += 1 if h else 0
+            sm += (np.float64(x) - lo) if h else 0.0
+        for q in range(s0 + _WINDOW, s1):
+            x = sv[q]
+            h = x < t
+            c += 1 if h else 0
+            sm += (np.float64(x) - lo) if h else 0.0
         if n_nan > 0 or t != t:
             out_row[p] = np.nan
         elif c > 0:
             # L = Σ (v − x) over the counted x = c·(v − lo) − Σ (x − lo), v = d(a,p) + m
-            val = c * (np.float64(drow[p]) + m64 - lo) - ps[c]
+            val = c * (np.float64(drow[p]) + m64 - lo) - sm
             out_row[p] = val if val > 0.0 else 0.0
         count_row[p] = c
 
@@ -350,29 +375,39 @@ def _forward_buckets(drow, cols, k, dn, ncols, nn, n_nan, m, up, down, out_row, 
 @nb.njit(**_JIT)
 def _backward_buckets(drow, cols, k, dn, ncols, nn, m, up, down, g_row, c_row, out_row,
                       bk, start, tv, tg, sv, sg, gs):
-    """The hinge backward of one row (``hinge_backward``): the thresholds sorted (bucketed
-    over the negatives' range); per negative ``x``, Σ grad over the thresholds above it,
-    a suffix sum from its rank."""
-    lo, scale, nbk = _bucket_range(dn, nn)
+    """The hinge backward of one row (``hinge_backward``): the thresholds bucketed over
+    the negatives' range; per negative ``x``, Σ grad over the thresholds above it: the
+    buckets above its own (suffix sums) and an exact scan of its one bucket."""
+    lo, scale, nbk = _bucket_range(dn, nn, k)  # the thresholds are sorted
     _taus(drow, cols, k, m, up, down, tv)
-    kk = 0  # the thresholds that are not NaN (a NaN one counts no negative)
     for i in range(k):
         p = cols[i]
         w = np.float64(g_row[p])
         out_row[p] = w * c_row[p]
-        t = tv[i]
-        tv[kk] = t
-        tg[kk] = w
-        kk += 1 if t == t else 0
-    _bucket_sort(tv, tg, kk, lo, scale, nbk, bk, start, sv, sg)
-    # gs[q]: Σ grad over the sorted thresholds from q on
-    gs[kk] = 0.0
-    for q in range(kk - 1, -1, -1):
-        gs[q] = gs[q + 1] + sg[q]
+        tg[i] = w
+    _bucket_sort(tv, tg, k, lo, scale, nbk, bk, start, sv, sg, False)
+    # gs[b]: Σ grad over the thresholds in the buckets above b
+    gs[: nbk + 1] = 0.0
+    for i in range(k):
+        gs[bk[i]] += tg[i]
+    above = 0.0
+    for b in range(nbk - 1, -1, -1):
+        g = gs[b]
+        gs[b] = above
+        above += g
     top = np.float64(nbk - 1)
     for j in range(nn):
         x = dn[j]
-        acc = gs[_rank(sv, start, _bucket(x, lo, scale, top), x, False)]
+        b = _bucket(x, lo, scale, top)
+        s0 = start[b]
+        s1 = start[b + 1]
+        acc = gs[b]
+        for w in range(_WINDOW):  # masked, as in _forward_buckets (loads outside the select)
+            gq = sg[s0 + w]
+            acc += gq if (s0 + w < s1) & (x < sv[s0 + w]) else 0.0
+        for q in range(s0 + _WINDOW, s1):
+            gq = sg[q]
+            acc += gq if x < sv[q] else 0.0
         out_row[ncols[j]] = 0.0 - acc  # +0.0 where no term, as the NumPy body
 
 
@@ -381,8 +416,8 @@ def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_ro
                     bk, start, sv, sc):
     """The semi-hard choice of one row (``semihard_choice``) on the sorted negatives
     (ties in column order): the first one beyond ``d(a,p)`` is at its rank, if finite."""
-    lo, scale, nbk = _bucket_range(dn, nn)
-    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
+    lo, scale, nbk = _bucket_range(dn, nn, nn)
+    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc, True)
     sv[nn] = np.inf  # past the last: none
     sc[nn] = -1
     top = np.float64(nbk - 1)
@@ -393,7 +428,7 @@ def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_ro
         if x != x:
             chosen_row[col] = far_col
             continue
-        q = _rank(sv, start, _bucket(x, lo, scale, top), x, False)
+        q = _rank(sv, start, _bucket(x, lo, scale, top), x)
         ok = sv[q] < np.inf  # +inf is no strict choice
         at = sc[q]
         chosen_row[col] = at if ok else far_col
@@ -419,7 +454,7 @@ def hinge_forward(d, pos, neg, m, up, down, small_k, out, count):
         start = np.empty(_BUCKETS * C + 2, dtype=np.int64)
         sv = np.empty(C + _WINDOW, dtype=d.dtype)  # _WINDOW slots of slack
         sc = np.empty(C + _WINDOW, dtype=np.int64)
-        ps = np.empty(C + 1, dtype=np.float64)
+        ps = np.empty(_BUCKETS * C + 1, dtype=np.float64)
         tv = np.empty(C, dtype=d.dtype)
         for a in range(blk * _ROWS, min(R, (blk + 1) * _ROWS)):
             drow = d[a]
@@ -460,7 +495,7 @@ def hinge_backward(d, pos, neg, m, up, down, small_k, grad, count, out):
         sv = np.empty(C + _WINDOW, dtype=d.dtype)  # _WINDOW slots of slack
         tg = np.empty(C, dtype=np.float64)
         sg = np.empty(C + _WINDOW, dtype=np.float64)
-        gs = np.empty(C + 1, dtype=np.float64)
+        gs = np.empty(_BUCKETS * C + 1, dtype=np.float64)
         for a in range(blk * _ROWS, min(R, (blk + 1) * _ROWS)):
             drow = d[a]
             k, nn, n_nan = _split(drow, pos[a], neg[a], cols, dn, ncols, zero)
