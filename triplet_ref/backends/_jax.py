@@ -230,24 +230,21 @@ class JaxBackend(Backend):
     def softplus(self, xp, x):
         return jax.nn.softplus(x)
 
-    def map_row_blocks(self, xp, fn, rows, *arrays):
-        # lax.map runs the blocks in sequence (a Python loop's blocks are independent in
-        # the XLA graph, which keeps all their temporaries alive at once) and
-        # jax.checkpoint keeps only each block's inputs for the gradient (the backward
-        # recomputes a block's temporaries): one block's memory, not every block's.
-        # The rows are padded to whole blocks with zeros (False masks: no term).
-        n = arrays[0].shape[0]
-        if n <= rows:
-            return fn(*arrays)
-        nb = -(-n // rows)
-        pad = nb * rows - n
+    slot_loops = True
 
-        def blocks(a):
-            a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
-            return a.reshape((nb, rows) + a.shape[1:])
+    def map_slots(self, xp, fn, n, active):
+        # lax.map runs the slots in sequence, lax.cond skips those at or past ``active``
+        # (run time: O(active) slots of work, n cheap steps), jax.checkpoint keeps only
+        # each slot's index for the gradient (its temporaries are recomputed)
+        out = jax.eval_shape(fn, jnp.zeros((), dtype=jnp.asarray(0).dtype))
 
-        outs = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), tuple(blocks(a) for a in arrays))
-        return tuple(o.reshape((nb * rows,) + o.shape[2:])[:n] for o in outs)
+        def zeros(k):
+            return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+
+        def slot(k):
+            return jax.lax.cond(k < active, fn, zeros, k)
+
+        return jax.lax.map(jax.checkpoint(slot), jnp.arange(n))
 
     def native_kernel(self, step, like):
         if not _on_cpu(like):
