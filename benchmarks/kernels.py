@@ -10,7 +10,8 @@ by call so both see the same machine load, and each as a ratio to the backend's
 ``pairwise_distances`` measured in the same run.  Targets (issue #9 item 6): every loss
 ≤ 2× its backend's distances at B = 4096 on P x K batches (K = 4), printed as met / not met
 per body.  torch rows: forward (``fwd``) and forward + backward (``fwd+bwd``).
-``batch_hard`` and ``batch_contrastive`` have no kernel (both bodies are the same code).
+``batch_hard`` has no kernel (both bodies are the same code); ``batch_contrastive``'s is its
+fused pass over the pairs (``mining.CONTRASTIVE_SUMS``).
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def main(argv=None):
 
 
 def _kernels(x, regimes, args):
-    from triplet_ref.mining import batch_all as ba, semihard as sh
+    from triplet_ref.mining import batch_all as ba, contrastive as cs, semihard as sh
 
     d = np.asarray(tr.pairwise_distances(x))
     B = d.shape[0]
@@ -154,7 +155,9 @@ def _kernels(x, regimes, args):
         slope = ba.soft_forward(d, pos, neg, m)[2] if regime.startswith("pk") else None
         cases = [("hinge forward", ba.HINGE.kernel.forward, (d, pos, neg, m)),
                  ("hinge backward", ba.HINGE.kernel.backward, (d, pos, neg, m, g, count)),
-                 ("semi-hard choice", sh.CHOICE.kernel.forward, (d, neg, pos))]
+                 ("semi-hard choice", sh.CHOICE.kernel.forward, (d, neg, pos)),
+                 ("contrastive sums", cs.SUMS.kernel.forward, (d * d, pos, neg, m)),
+                 ("contrastive grad", cs.SUMS.kernel.backward, (d * d, pos, neg, m, m, m))]
         if slope is not None:
             cases += [("soft forward", ba.SOFT.kernel.forward, (d, pos, neg, m)),
                       ("soft backward", ba.SOFT.kernel.backward, (d, pos, neg, m, g, slope))]

@@ -41,6 +41,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--margin", type=float, default=0.2)
     p.add_argument("--cpu", action="store_true", help="the calling thread's CPU time, kernel threads off")
+    p.add_argument("--numba-threads", choices=("on", "off"), default="on",
+                   help="the numba kernels' row-block threads (mining._numba.ROW_THREADS)")
     args = p.parse_args(argv)
     if args.backend == "numpy" and args.mode != "forward":
         p.error("numpy has no backward: --mode forward")
@@ -51,6 +53,9 @@ def main(argv=None):
     x = np.random.default_rng(0).standard_normal((args.b, args.dim)).astype(np.float32)
     regimes = ["pk4"] + [r for r in REGIMES if r != "pk4"]
     clock = time.perf_counter
+    from triplet_ref.mining import _numba
+
+    _numba.ROW_THREADS = args.numba_threads == "on"
     if args.cpu:
         from triplet_ref.mining import _blocks
 
@@ -80,7 +85,8 @@ def main(argv=None):
         return run
 
     print(f"B={args.b} D={args.dim} {args.backend} {args.mode}, best of {args.repeat}"
-          f"{' (CPU time, one thread)' if args.cpu else ''} "
+          f"{' (CPU time, one thread)' if args.cpu else ''}"
+          f"{' (numba row threads off)' if args.numba_threads == 'off' else ''} "
           f"(TRIPLET_REF_NUMBA={os.environ.get('TRIPLET_REF_NUMBA', '')!r})")
     for loss in losses:
         jobs = {r: job(loss, r) for r in regimes}

@@ -2,6 +2,11 @@
 peak RSS increase of one forward+backward, each configuration in a fresh process.
 
     python benchmarks/soft_portable.py --sizes 1024,2048
+    python benchmarks/soft_portable.py --jax-jit-memory --sizes 768,2048
+
+``--jax-jit-memory``: the portable soft step under ``jax.jit`` with traced labels (its
+static-shape anchor blocks), float64: XLA's temporary memory for the compiled loss and for
+its gradient (``memory_analysis()``; compiled, not run), with the hinge for comparison.
 """
 from __future__ import annotations
 
@@ -50,13 +55,44 @@ def _child(b: int, soft: bool, impl: str, mode: str) -> dict:
             "peak_increase_mib": (peak - base) / 1024, "value": value}
 
 
+def _jax_jit_memory(sizes) -> None:
+    import jax
+    import numpy as np
+
+    jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, os.path.dirname(HERE))
+    import triplet_ref as tr
+    from triplet_ref import mining as M
+    from triplet_ref.testing.regimes import make_labels
+
+    for b in sizes:
+        y = jax.numpy.asarray(make_labels("pk4", b, seed=0))
+        x = jax.numpy.asarray(np.random.default_rng(0).standard_normal((b, 128)))
+        for soft in (False, True):
+            def f(z, lab, soft=soft):
+                with M.force("portable"):
+                    return tr.batch_all(lab, z, 1.0, soft=soft)
+
+            got = []
+            for what, g in (("forward", f), ("gradient", jax.grad(f))):
+                mem = jax.jit(g).lower(x, y).compile().memory_analysis()
+                got.append(f"{what} {mem.temp_size_in_bytes / 2**20:.0f} MiB")
+            print(f"B={b} {'soft ' if soft else 'hinge'} [portable, jax.jit, float64]: XLA temporaries "
+                  + ", ".join(got), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", default="1024,2048")
     p.add_argument("--impl", default="portable", choices=("portable", "native", "auto"))
     p.add_argument("--mode", default="forward_backward", choices=("forward", "forward_backward"))
+    p.add_argument("--jax-jit-memory", action="store_true",
+                   help="XLA's temporary memory under jax.jit (compiled, not run) instead")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.jax_jit_memory:
+        _jax_jit_memory([int(s) for s in args.sizes.split(",")])
+        return 0
     if args.child:
         print("RESULT " + json.dumps(_child(**json.loads(args.child))))
         return 0

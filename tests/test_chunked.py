@@ -99,6 +99,36 @@ def test_chunk_size_bad_input(monkeypatch):
         tr.batch_contrastive(Y, X, chunk_size=2, axis_name="i", process_group=object())
 
 
+@pytest.mark.parametrize("module, fn", [("batch_all", "batch_all"), ("batch_hard", "batch_hard"),
+                                        ("semihard", "batch_semihard"), ("contrastive", "batch_contrastive")])
+def test_chunked_blocks_compute_info_only_when_asked(monkeypatch, module, fn):
+    """A row block computes its info (count passes over its (b, R) arrays, index arrays)
+    only when the caller asked for ``return_info``: the mean takes the block's count from
+    reduce_pairs. Spied through the loss module's ``finish``, which every call (each block
+    included) ends with."""
+    import importlib
+
+    mod = importlib.import_module(f"triplet_ref.losses.{module}")
+    seen = []
+    real = mod.finish
+
+    def spy(ctx, loss, x, info, return_info):
+        seen.append((return_info, info is None))
+        return real(ctx, loss, x, info, return_info)
+
+    monkeypatch.setattr(mod, "finish", spy)
+    loss = getattr(tr, fn)
+    for red in ("mean", "sum", "none"):
+        seen.clear()
+        got = loss(Y, X, 0.6, reduction=red, chunk_size=2)
+        assert seen and all(s == (False, True) for s in seen), (red, seen)
+        seen.clear()
+        got_i, info = loss(Y, X, 0.6, reduction=red, chunk_size=2, return_info=True)
+        assert seen and all(s == (True, False) for s in seen), (red, seen)
+        np.testing.assert_array_equal(got, got_i)
+        assert_close(got, getattr(tr.oracles, fn)(Y, X, 0.6, reduction=red), "float64", f"{fn} {red}")
+
+
 def test_chunked_torch_double_backward_raises():
     torch = pytest.importorskip("torch")
     x = torch.tensor(X, requires_grad=True)
@@ -133,7 +163,8 @@ def test_chunk_rows_from_the_default_budget(monkeypatch, B, R, dtype, want):
     assert chunk_rows(None, _Shape((B, 8), dtype), ref) == want
     assert chunk_rows(0, _Shape((B, 8), dtype), ref) is None
     assert chunk_rows(7, _Shape((B, 8), dtype), ref) == 7
-    # a distributed call is not chunked by default
+    # chunk_rows does not decide a distributed call: gather_global does, after the gather
+    # (from the global rows; tests/test_distributed.py)
     assert chunk_rows(None, _Shape((B, 8), dtype), None, axis_name="i") is None
 
 

@@ -31,20 +31,19 @@ def _env():
     return env
 
 
-def _run_torch(tmp_path, splits, timeout=240):
-    """``splits``: per-rank row counts of one or more global batches (each a list of
-    ``world`` counts), all run in one set of ``world`` gloo processes."""
+def _spawn_gloo(tmp_path, worker, world, args, timeout=240):
+    """``world`` gloo processes running ``tests/scale/<worker> RANK WORLD INIT_FILE OUT_DIR
+    *args`` (one process group; the worker runs all its cases in it); fails the test when
+    a rank fails or they do not all finish within ``timeout`` s (a hang)."""
     pytest.importorskip("torch")
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    world = len(splits[0])
     init = tmp_path / "init"
-    arg = ";".join(",".join(map(str, sizes)) for sizes in splits)
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "scale" / "torch_ddp_worker.py"), str(r), str(world),
-                          str(init), str(tmp_path), arg],
+        subprocess.Popen([sys.executable, str(HERE / "scale" / worker), str(r), str(world),
+                          str(init), str(tmp_path), *args],
                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in range(world)
     ]
@@ -56,15 +55,32 @@ def _run_torch(tmp_path, splits, timeout=240):
         # a rank that hangs (a collective that one rank never enters) fails the test
         for p in procs:
             p.kill()
-        pytest.fail(f"the {world} ranks did not finish within {timeout} s (a hang?): {arg}")
+        pytest.fail(f"the {world} ranks did not finish within {timeout} s (a hang?): {worker} {args}")
     for r, (p, o) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"rank {r} failed:\n{o[-4000:]}"
+
+
+def _run_torch(tmp_path, splits, timeout=240):
+    """``splits``: per-rank row counts of one or more global batches (each a list of
+    ``world`` counts), all run in one set of ``world`` gloo processes."""
+    world = len(splits[0])
+    arg = ";".join(",".join(map(str, sizes)) for sizes in splits)
+    _spawn_gloo(tmp_path, "torch_ddp_worker.py", world, [arg], timeout)
     for k, sizes in enumerate(splits):
         single = json.loads((tmp_path / f"single_{k}.json").read_text())
         ranks = [json.loads((tmp_path / f"rank{r}_{k}.json").read_text()) for r in range(world)]
-        assert set(ranks[0]) == ({"unchunked", "chunked", "module"} if k == 0 else {"unchunked", "chunked"})
+        want = {"unchunked", "chunked", "budget"} | ({"module"} if k == 0 else set())
+        assert set(ranks[0]) == want
         for variant in ranks[0]:
             _compare(single, [res[variant] for res in ranks], sizes, f"{sizes} {variant}")
+        # chunk_size=None: the default budget (1 GiB) leaves 14 rows unchunked on every rank;
+        # the tiny one (3 rows per block against 14 global rows) chunks every rank, also
+        # those whose rows fit in one block and the one without rows
+        for r in range(world):
+            seen = json.loads((tmp_path / f"chunks{r}_{k}.json").read_text())
+            assert "unchunked" not in seen, (r, seen)
+            assert seen.get("chunked") and set(seen["chunked"]) == {2}, (r, seen)
+            assert seen.get("budget") and set(seen["budget"]) == {3}, (r, seen)
 
 
 def _compare(single, ranks, sizes, label):
@@ -107,6 +123,40 @@ def test_torch_ddp_two_ranks(tmp_path):
 @pytest.mark.slow
 def test_torch_ddp_rank_without_positive_pairs(tmp_path):
     _run_torch(tmp_path, [[1, 12, 1]])
+
+
+#: case -> (the error type every rank raises, words its message must hold)
+RANK_ERRORS = {
+    **{f"labels_length/{c}": ("ValueError", ["labels", "length 5", "rank 1"]) for c in (None, 2)},
+    **{f"labels_float/{c}": ("TypeError", ["labels", "integer", "rank 1"]) for c in (None, 2)},
+    **{f"embeddings_1d/{c}": ("ValueError", ["embeddings", "rank 1"]) for c in (None, 2)},
+    **{f"columns/{c}": ("ValueError", ["embeddings", "4 columns on rank 0", "3 columns on rank 1"])
+       for c in (None, 2)},
+    **{f"dtype/{c}": ("ValueError", ["embeddings", "float64 on rank 0", "float32 on rank 1"])
+       for c in (None, 2)},
+    "margin": ("ValueError", ["margin", "rank 1"]),
+    "chunk_size_value": ("ValueError", ["chunk_size", "rank 1"]),
+    "chunk_size_paths": ("ValueError", ["chunk_size", "0 on rank 0", "an int on rank 1"]),
+    "every_rank_bad": ("ValueError", ["labels", "rank 0", "ranks [0, 1]"]),
+}
+
+
+def test_torch_bad_input_on_one_rank_raises_on_every_rank(tmp_path):
+    """A bad argument on one rank of two (a labels length that is not its rows, float
+    labels, 1-D embeddings, other columns or dtype than rank 0, a negative margin, a bad
+    or disagreeing chunk_size), unchunked and chunked: every rank raises the same error,
+    naming the argument and the rank, instead of the others waiting for the collective
+    timeout; then a valid call in the same group gives the one-process value."""
+    _spawn_gloo(tmp_path, "torch_rank_errors_worker.py", 2, [], timeout=180)
+    ranks = [json.loads((tmp_path / f"errors{r}.json").read_text()) for r in range(2)]
+    for case, (kind, words) in RANK_ERRORS.items():
+        got = [res[case] for res in ranks]
+        assert got[0] == got[1], (case, got)  # the same error on both ranks
+        assert got[0].get("type") == kind, (case, got[0])
+        for w in words:
+            assert w in got[0]["message"], (case, w, got[0]["message"])
+    for r, res in enumerate(ranks):
+        np.testing.assert_allclose(res["ok"]["value"], ranks[0]["single"]["value"], rtol=1e-12, err_msg=f"rank {r}")
 
 
 def test_jax_shard_map_four_devices():

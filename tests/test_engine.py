@@ -44,12 +44,21 @@ MARGIN = 0.5
 IMPLS = ("portable", "native-numpy", "native-numba")
 
 
+# steps forced together with a loss's step: batch_semihard's "mean"/"sum" run the fused
+# SEMIHARD_SUMS (whose portable version runs the choice step, whose kernel the choice kernel)
+COMPANIONS = {"semihard_choice": (M.SEMIHARD_SUMS,)}
+
+
+def _with(step):
+    return (step, *COMPANIONS.get(step.name, ()))
+
+
 @contextlib.contextmanager
 def _force(impl, step):
-    """Force ``step`` to ``impl`` (``"native-<body>"``: the native implementation, the
-    NumPy kernels with that body)."""
+    """Force ``step`` (and its companions) to ``impl`` (``"native-<body>"``: the native
+    implementation, the NumPy kernels with that body)."""
     kind, _, body = impl.partition("-")
-    with M.force(kind, step), M.force_body(body or "auto"):
+    with M.force(kind, *_with(step)), M.force_body(body or "auto"):
         yield
 
 
@@ -66,14 +75,16 @@ LOSSES = [
     Loss("batch_all_soft", tr.batch_all, O.batch_all, M.BATCH_ALL_SOFT, soft=True),
     Loss("batch_semihard", tr.batch_semihard, O.batch_semihard, M.SEMIHARD_CHOICE),
     Loss("batch_hard", tr.batch_hard, O.batch_hard, M.SQDIST),
+    Loss("batch_contrastive", tr.batch_contrastive, O.batch_contrastive, M.CONTRASTIVE_SUMS),
 ]
 
 # which backends have which native steps on CPU: a bridge that stops registering (and
 # would silently shrink this suite to the portable path) fails here
 NATIVE_ON_CPU = {
-    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice"},
-    "torch": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "sqdist"},
-    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice"},
+    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums"},
+    "torch": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "sqdist",
+              "contrastive_sums"},
+    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums"},
     "array_api_strict": set(),
 }
 
@@ -186,8 +197,8 @@ def test_forced_implementation_float32_ties_exact(request, xp, regime, impl):
     X = xp.asarray(x, "float32")
     for loss in LOSSES:
         step = _steps_for(xp, loss, impl, X)
-        if step is None or loss.id == "batch_all_soft":  # softplus is not exact
-            continue
+        if step is None or loss.id in ("batch_all_soft", "batch_contrastive"):
+            continue  # softplus is not exact; contrastive has no metric (its √ is not exact)
         with _force(impl, step):
             got, info = loss.fn(y, X, 1.0, metric="sqeuclidean", return_info=True)
         want, oinfo = loss.oracle(y, x, 1.0, metric="sqeuclidean", return_info=True)
@@ -279,7 +290,7 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
     for loss in LOSSES[:3]:
         if loss.id == "batch_all_soft":
             continue
-        with M.force("native", loss.step):
+        with M.force("native", *_with(loss.step)):
             got, info = loss.fn(y, x, MARGIN, return_info=True)
         want, oinfo = _oracle(loss.id, regime, "mean")
         _close(got, want, loss.id)

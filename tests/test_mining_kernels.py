@@ -4,8 +4,9 @@ The kernels pick a branch by the largest number of positives per anchor (``SMALL
 one pass per positive for few, a per-row sort and search for many.  Small batches
 reach the second branch here by setting ``triplet_ref.mining._blocks.SMALL_K = 0``.
 Each kernel has two bodies (``triplet_ref.mining.force_body``): the NumPy branches run
-the pure-NumPy body; ``numba`` runs the compiled body (every row compiled) and
-``numba-mixed`` hands the rows with more than 3 positives back to the NumPy body.
+the pure-NumPy body; ``numba`` runs the compiled body (its pass per positive on these
+small batches) and ``numba-mixed`` sends the rows with more than 3 positives to its
+bucket pass (``_numba.COMPILED_K = 3``).
 Also: the margin-rounding rule of issue #13 item 6 on every backend and implementation,
 the softplus kernel's gradients, and ``np.longdouble`` embeddings (#13 item 13).
 """
@@ -23,7 +24,8 @@ from triplet_ref.testing.regimes import REGIMES, make_labels
 
 # (SMALL_K, row-block elements, body): one pass per positive / per-row sort and search,
 # in one row block or in blocks of a few rows (the kernels' block-local row/column
-# bookkeeping), by the NumPy body; the numba body, alone or with rows handed back
+# bookkeeping), by the NumPy body; the numba body, its pass per positive alone or with
+# the bucket pass for the rows with more than 3 positives
 BRANCHES = {"few": (16, None, "numpy"), "many": (0, None, "numpy"), "few-blocks": (16, 64, "numpy"),
             "many-blocks": (0, 64, "numpy"), "numba": (16, None, "numba"), "numba-mixed": (16, None, "numba-3")}
 TOL = {np.float32: 2e-4, np.float64: 1e-9}
@@ -35,7 +37,7 @@ def branch(request, monkeypatch):
     body, _, compiled_k = body.partition("-")
     if body == "numba" and not mining.numba_available():
         pytest.skip("numba is not installed (pip install 'triplet_ref[numba]')")
-    if compiled_k:  # rows with more positives: handed back to the NumPy body
+    if compiled_k:  # rows with more positives: the numba body's bucket pass
         from triplet_ref.mining import _numba
 
         monkeypatch.setattr(_numba, "COMPILED_K", int(compiled_k))

@@ -4,8 +4,8 @@ The NumPy body is checked against the oracles elsewhere (``test_mining_kernels.p
 ``test_engine.py``, which also run the losses under each body); here the numba body must
 give the NumPy body's results on the kernels' own inputs: every label regime, float32
 and float64, exact ties, ``-0.0``, NaN, reference sets (``d`` of shape (B, R)), margins
-below the distances' rounding step, and rows handed back to the NumPy body (more
-positives than ``_numba.COMPILED_K``).  Counts and indices exactly; sums within rounding.
+below the distances' rounding step, and rows on the compiled bucket pass (more
+positives than ``_numba.COMPILED_K``; more on it in ``test_numba_buckets.py``).  Counts and indices exactly; sums within rounding.
 """
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def _check_all(d, pos, neg, g, margin, dtype, soft=True):
     _same(a[1], b[1], dtype, "semi-hard flag")
 
 
-# COMPILED_K: every row compiled (128), rows with more than 3 positives handed to the
-# NumPy body (3)
+# COMPILED_K: every row on the pass per positive (128), rows with more than 3 positives
+# on the bucket pass (3)
 @pytest.mark.parametrize("small_k", [128, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("regime", REGIMES)
@@ -88,10 +88,9 @@ def test_numba_body_equals_numpy_body(monkeypatch, regime, dtype, small_k):
             _check_all(d, pos, neg, g, margin, dtype, soft=margin == 1.0)
 
 
-def test_rows_handed_to_the_numpy_body(monkeypatch):
-    # one class of 6 (5 positives per anchor) among pairs: with COMPILED_K = 3 its 6 rows
-    # go to the NumPy body, the rest compiled; with most rows over the limit the NumPy
-    # body runs the whole call
+def test_rows_with_many_positives_stay_compiled(monkeypatch):
+    # one class of 6 (5 positives per anchor) among pairs, and a class of 20: with
+    # COMPILED_K = 3 those rows take the compiled bucket pass; the NumPy body never runs
     monkeypatch.setattr(_numba, "COMPILED_K", 3)
     kernels = (HINGE.kernel.forward, HINGE.kernel.backward, CHOICE.kernel.forward)
     calls = {k: [] for k in kernels}
@@ -100,17 +99,16 @@ def test_rows_handed_to_the_numpy_body(monkeypatch):
         monkeypatch.setattr(k, "numpy", lambda *a, k=k, body=body: (calls[k].append(a[0].shape[0]), body(*a))[1])
     y_mixed = np.concatenate([np.zeros(6, int), np.repeat(np.arange(1, 12), 2)])
     y_most = np.concatenate([np.zeros(20, int), np.arange(1, 9)])
-    for y, rows in ((y_mixed, 6), (y_most, 28)):
+    for y in (y_mixed, y_most):
         x = np.random.default_rng(1).standard_normal((y.size, 3))
         d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
         pos = (y[:, None] == y[None]) & ~np.eye(y.size, dtype=bool)
         neg = y[:, None] != y[None]
         g = np.random.default_rng(2).standard_normal(d.shape)
         _check_all(d, pos, neg, g, 0.5, np.float64, soft=False)
-        # each kernel's numba call handed `rows` rows to the NumPy body (besides the
-        # checks' own NumPy-body call with every row)
+        # only the checks' own NumPy-body call, with every row
         for k in kernels:
-            assert sorted(calls[k]) == sorted([rows, y.size]), (k, calls[k])
+            assert calls[k] == [y.size], (k, calls[k])
             calls[k].clear()
 
 

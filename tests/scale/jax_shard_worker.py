@@ -30,6 +30,10 @@ from _cases import batch, call, info_scalars, selected  # noqa: E402
 
 # 5 local rows: two blocks of 2 (one lax.scan under jit) and a remainder block of 1
 CHUNKS = (2,)
+#: chunk_size=None with this memory budget: budget // (16 arrays · 20 global rows · 8 bytes)
+#: = 2 rows per block (checked through a spy on _pairs.chunked)
+BUDGET = 2 * 16 * 20 * 8
+BUDGET_LOSSES = ("batch_all", "batch_semihard")
 
 
 def main(only=None):
@@ -41,18 +45,25 @@ def main(only=None):
 
     def results(loss_of, chunked=None):
         """Per loss: mean, sum, none, info scalars and the gradient of the mean in W (with
-        ``chunked``: mean, none and the gradient with ``chunk_size=chunked``)."""
+        ``chunked``: mean, none and the gradient with ``chunk_size=chunked``; ``"budget"``:
+        mean and gradient with the default chunk_size=None, for two of the losses: the
+        choice is made before any loss runs, the chunked path is checked for all above)."""
         out = {}
-        for name in names:
+        for name in (names if chunked != "budget" else [n for n in names if n in BUDGET_LOSSES] or names):
             def f(ys, e, name=name, **kw):
                 return call(name, ys, e, **kw)
 
             if chunked:
-                def fc(ys, e, name=name, **kw):
-                    return call(name, ys, e, chunk_size=chunked, **kw)
+                # "budget": the default chunk_size=None (under the budget set by the caller)
+                size = None if chunked == "budget" else chunked
 
-                out[name] = {"mean": loss_of(fc, W, "mean"), "none": loss_of(fc, W, "none"),
+                def fc(ys, e, name=name, **kw):
+                    return call(name, ys, e, chunk_size=size, **kw)
+
+                out[name] = {"mean": loss_of(fc, W, "mean"),
                              "grad": jax.grad(lambda W, fc=fc: loss_of(fc, W, "mean"))(W)}
+                if chunked != "budget":
+                    out[name]["none"] = loss_of(fc, W, "none")
                 continue
             out[name] = {what: loss_of(f, W, what) for what in ("mean", "sum", "none", "info")}
             out[name]["grad"] = jax.grad(lambda W, f=f: loss_of(f, W, "mean"))(W)
@@ -71,13 +82,33 @@ def main(only=None):
             return info_scalars(f(y, x @ W, return_info=True)[1])
         return f(y, x @ W, reduction=what)
 
+    from triplet_ref.losses import _pairs
+
+    seen = []
+    orig = _pairs.chunked
+
+    def spy(fn, *a, chunk_size, **kw):
+        seen.append(chunk_size)
+        return orig(fn, *a, chunk_size=chunk_size, **kw)
+
+    _pairs.chunked = spy
     got = jax.jit(lambda W: results(sharded))(W)
+    assert not seen, f"chunk_size=None under the default budget chunked: {seen}"
     got_chunked = {c: jax.jit(lambda W, c=c: results(sharded, chunked=c))(W) for c in CHUNKS}
+    os.environ["TRIPLET_REF_MEMORY_BUDGET"] = str(BUDGET)
+    try:
+        seen.clear()
+        got_chunked["budget"] = jax.jit(lambda W: results(sharded, chunked="budget"))(W)
+        assert seen and set(seen) == {2}, f"the tiny budget should give blocks of 2 rows: {seen}"
+    finally:
+        del os.environ["TRIPLET_REF_MEMORY_BUDGET"]
+        _pairs.chunked = orig
     want = jax.jit(lambda W: results(single))(W)
     for name in names:
         w = want[name]
         assert np.any(np.asarray(w["grad"]) != 0), name
-        for label, g in (("", got[name]), *((f" chunk_size={c}", got_chunked[c][name]) for c in CHUNKS)):
+        for label, g in (("", got[name]), *((f" chunk_size={c}", got_chunked[c][name]) for c in got_chunked
+                                            if name in got_chunked[c])):
             for key in ("mean", "sum", "none", "grad"):
                 if key in g:
                     rtol = 1e-9 if key == "grad" else 1e-10

@@ -9,6 +9,12 @@ split, through the torch module built with ``process_group`` and ``chunk_size``)
 values, this rank's ``"none"`` rows, the info scalars and the parameter gradients after
 DDP's averaging to ``OUT_DIR/rank{RANK}_{SPLIT}.json``.  Rank 0 also writes the
 single-process (unchunked) results on the concatenated batch to ``OUT_DIR/single_{SPLIT}.json``.
+
+The variant ``budget`` passes the default ``chunk_size=None`` with a memory budget
+(``TRIPLET_REF_MEMORY_BUDGET``) that gives ``BUDGET_ROWS`` rows per block for the 14-row
+global batch: every rank must chunk (even one whose rows fit).  Which ``chunk_size``
+each variant's calls ran :func:`triplet_ref.losses._pairs.chunked` with is written to
+``OUT_DIR/chunks{RANK}_{SPLIT}.json``.
 """
 from __future__ import annotations
 
@@ -22,12 +28,29 @@ import torch.distributed as dist
 
 import triplet_ref as tr
 from _cases import LOSSES, MARGIN, batch, call, info_scalars, selected
+from triplet_ref.losses import _pairs
 from triplet_ref.torch import BatchAllLoss, BatchContrastiveLoss, BatchHardLoss, BatchSemiHardLoss
 
 MODULE_OF = {tr.batch_all: BatchAllLoss, tr.batch_hard: BatchHardLoss, tr.batch_semihard: BatchSemiHardLoss,
              tr.batch_contrastive: BatchContrastiveLoss}
 
 CHUNK = 2
+#: rows per block that the budget gives for 14 float64 rows: budget // (8 arrays · 14 · 8 bytes)
+BUDGET_ROWS = 3
+BUDGET = BUDGET_ROWS * 8 * 14 * 8
+
+#: variant -> the chunk_size of every chunked() call it made (the spy below)
+SEEN = {}
+_VARIANT = [None]
+_chunked = _pairs.chunked
+
+
+def _spy(fn, *args, chunk_size, **kwargs):
+    SEEN.setdefault(_VARIANT[0], []).append(chunk_size)
+    return _chunked(fn, *args, chunk_size=chunk_size, **kwargs)
+
+
+_pairs.chunked = _spy
 #: collectives give up after this long: a rank that stops taking part fails the others
 #: instead of hanging them
 TIMEOUT = datetime.timedelta(seconds=90)
@@ -71,6 +94,14 @@ def variants(group, module=False):
         "unchunked": lambda name, y, e, **kw: call(name, y, e, process_group=group, **kw),
         "chunked": lambda name, y, e, **kw: call(name, y, e, process_group=group, chunk_size=CHUNK, **kw),
     }
+    def by_budget(name, y, e, **kw):
+        os.environ["TRIPLET_REF_MEMORY_BUDGET"] = str(BUDGET)
+        try:
+            return call(name, y, e, process_group=group, **kw)
+        finally:
+            del os.environ["TRIPLET_REF_MEMORY_BUDGET"]
+
+    out["budget"] = by_budget
     if module:
         def by_module(name, y, e, **kw):
             fn, extra = LOSSES[name]
@@ -92,9 +123,16 @@ def main():
         start = sum(sizes[:rank])
         xl, yl = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
         ddp = torch.nn.parallel.DistributedDataParallel(model())
-        res = {k: run(ddp, xl, yl, f) for k, f in variants(group, module=k == 0).items()}
+        res = {}
+        SEEN.clear()
+        for v, f in variants(group, module=k == 0).items():
+            _VARIANT[0] = v
+            res[v] = run(ddp, xl, yl, f)
+        _VARIANT[0] = None
         with open(f"{out_dir}/rank{rank}_{k}.json", "w") as f:
             json.dump(res, f)
+        with open(f"{out_dir}/chunks{rank}_{k}.json", "w") as f:
+            json.dump(SEEN, f)
         if rank == 0:
             with open(f"{out_dir}/single_{k}.json", "w") as f:
                 json.dump(run(model(), x, y), f)

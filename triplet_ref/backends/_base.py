@@ -135,6 +135,27 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.logaddexp(x, zero)
 
+    #: whether :meth:`map_slots` can run a loop whose active length is traced (JAX)
+    slot_loops = False
+
+    def map_slots(self, xp, fn, n: int, active):
+        """``(stack([fn(k)[i] for k in range(n)]) for i ...)`` with ``fn(k)`` replaced by
+        zeros for ``k >= active`` and not run there: ``fn`` maps a 0-d index ``k`` to a
+        tuple of arrays; ``active`` is a 0-d integer array whose value may be traced.
+        Only where :attr:`slot_loops` (JAX: ``lax.map`` over ``jax.checkpoint``-ed
+        ``lax.cond``: one slot's temporaries at a time, forward and gradient)."""
+        raise NotImplementedError(f"{self.name}: no loop over a traced number of slots")
+
+    def map_row_blocks(self, xp, fn, rows: int, *arrays):
+        """``fn`` on consecutive blocks of ``rows`` rows of ``arrays`` (2-D, the same number
+        of rows), its outputs (a tuple of arrays with one row per input row) concatenated,
+        one block after the other (a Python loop)."""
+        n = arrays[0].shape[0]
+        outs = [fn(*(a[start : min(n, start + rows), ...] for a in arrays)) for start in range(0, n, rows)]
+        if len(outs) == 1:
+            return outs[0]
+        return tuple(xp.concat(parts, axis=0) for parts in zip(*outs))
+
     def native_kernel(self, step, like: Any):
         """This backend's native implementation of a mining step (a
         :class:`triplet_ref.mining.Step`), or None where it has none: a function of the

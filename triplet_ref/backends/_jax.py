@@ -64,7 +64,8 @@ class _JaxStep:
         n_in = len(k.inputs)
 
         def call(*arrays):
-            shapes = tuple(jax.ShapeDtypeStruct(arrays[0].shape, _kind_dtype(kind, arrays[0])) for kind in k.outputs)
+            shapes = tuple(jax.ShapeDtypeStruct(() if i in k.scalars else arrays[0].shape,
+                                                _kind_dtype(kind, arrays[0])) for i, kind in enumerate(k.outputs))
             # the result dtypes are fixed here, at trace time: the callback runs on another
             # thread, where a scoped x64 switch (jax.enable_x64(False)) does not apply
             dtypes = tuple(np.dtype(s.dtype) for s in shapes)
@@ -243,6 +244,22 @@ class JaxBackend(Backend):
 
     def softplus(self, xp, x):
         return jax.nn.softplus(x)
+
+    slot_loops = True
+
+    def map_slots(self, xp, fn, n, active):
+        # lax.map runs the slots in sequence, lax.cond skips those at or past ``active``
+        # (run time: O(active) slots of work, n cheap steps), jax.checkpoint keeps only
+        # each slot's index for the gradient (its temporaries are recomputed)
+        out = jax.eval_shape(fn, jnp.zeros((), dtype=jnp.asarray(0).dtype))
+
+        def zeros(k):
+            return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+
+        def slot(k):
+            return jax.lax.cond(k < active, fn, zeros, k)
+
+        return jax.lax.map(jax.checkpoint(slot), jnp.arange(n))
 
     def native_kernel(self, step, like):
         if not _on_cpu(like):

@@ -120,6 +120,32 @@ def _torch_autograd_functions():
 _TORCH_FUNCTIONS = None
 
 
+#: bytes of an argument error's message exchanged between ranks (longer ones are cut)
+_MESSAGE_BYTES = 1024
+_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_code(dtype) -> int:
+    name = str(dtype).rsplit(".", 1)[-1]
+    return _DTYPE_NAMES.index(name) if name in _DTYPE_NAMES else len(_DTYPE_NAMES)
+
+
+def _describe(k: int, v: int) -> str:
+    if k == 2:
+        return f"{v} columns"
+    return f"dtype {_DTYPE_NAMES[v]}" if 0 <= v < len(_DTYPE_NAMES) else "another dtype"
+
+
+def torch_comm(group):
+    """The torch communicator of ``group`` (for a rank whose input failed validation,
+    so that it still takes part in the status exchange), or None where torch.distributed
+    cannot serve it (not initialised, not a process group: every rank fails alike then)."""
+    try:
+        return _TorchComm(group)
+    except Exception:
+        return None
+
+
 class _TorchComm:
     """torch.distributed (gloo, NCCL, ...): uneven per-rank batches."""
 
@@ -138,15 +164,92 @@ class _TorchComm:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
 
-    def gather(self, ctx, x, y):
+    def agree(self, ctx, x, error, like=None, budget=None, path=0):
+        """Every rank's rows, columns, dtype, argument errors, memory budget and path in
+        one small all-gather (the one that learns the uneven row counts): returns
+        ``(sizes, budget, paths)`` (the rows per rank, the smallest budget of the ranks
+        that gave one, every rank's ``path`` code), or raises the same error on every
+        rank.
+
+        ``error``: this rank's argument error (a ValueError/TypeError raised while
+        validating its input; ``ctx``/``x`` are None then), or None.  A rank with bad
+        input would otherwise raise alone while the others wait in the next collective
+        until its timeout.  Raised alike on every rank: the first failing rank's error
+        (its type and message, exchanged in a second all-gather that only runs then),
+        and a mismatch of the embeddings' columns or dtype between ranks (a ValueError
+        naming ``embeddings`` and the ranks).  ``like``: an array whose device the
+        exchange uses when this rank has no valid ``x``."""
+        import torch
+        import torch.distributed as dist
+
+        device = x.device if x is not None else self._device(like)
+        if error is None:
+            status = [1, x.shape[0], x.shape[1], _dtype_code(ctx.out_dtype), budget or 0, path]
+        else:
+            status = [0, 0, 0, -1, 0, path]
+        mine = torch.tensor(status, dtype=torch.int64, device=device)
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine, group=self.group)
+        rows = torch.stack(every).cpu().tolist()  # one copy to the host
+        failed = [r for r, st in enumerate(rows) if st[0] == 0]
+        if failed:
+            self._raise_everywhere(failed, error, device)
+        for k, what in ((2, "number of columns"), (3, "dtype")):
+            if any(st[k] != rows[0][k] for st in rows):
+                r = next(r for r, st in enumerate(rows) if st[k] != rows[0][k])
+                have = [f"{_describe(k, st[k])} on rank {q}" for q, st in enumerate(rows)]
+                raise ValueError(
+                    f"embeddings: {', '.join(have)}: every rank of the process group must pass "
+                    f"embeddings with the same {what} (rank {r} differs from rank 0)")
+        budgets = [st[4] for st in rows if st[4] > 0]
+        return [st[1] for st in rows], (min(budgets) if budgets else None), [st[5] for st in rows]
+
+    def _device(self, like):
+        import torch
+        import torch.distributed as dist
+
+        if isinstance(like, torch.Tensor):
+            return like.device
+        if dist.get_backend(self.group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def _raise_everywhere(self, failed, error, device):
+        """The first failing rank's error, raised on every rank (its message sent in a
+        fixed-size byte buffer: every rank knows from the status gather that it runs)."""
+        import torch
+        import torch.distributed as dist
+
+        msg = b""
+        if error is not None:
+            kind = b"T" if isinstance(error, TypeError) else b"V"
+            msg = (kind + str(error).encode("utf-8", "replace"))[:_MESSAGE_BYTES]
+        buf = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8, device=device)
+        if msg:
+            buf[:len(msg)] = torch.tensor(list(msg), dtype=torch.uint8, device=device)
+        bufs = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(bufs, buf, group=self.group)
+        r0 = failed[0]
+        raw = bytes(bufs[r0].cpu().tolist()).rstrip(b"\0")
+        cls = TypeError if raw[:1] == b"T" else ValueError
+        text = raw[1:].decode("utf-8", "replace") or "bad input"
+        more = f"; ranks {failed} all failed" if len(failed) > 1 else ""
+        exc = cls(f"{text} [on rank {r0} of the {self.world} in the process group{more}; every rank "
+                  "raises this error]")
+        raise exc from error
+
+    def gather(self, ctx, x, y, sizes=None):
+        """The global batch (``sizes``: every rank's rows, from :meth:`agree`; None:
+        gathered here)."""
         import torch
         import torch.distributed as dist
 
         gather_rows, _ = _TORCH_FUNCTIONS
-        n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
-        ns = [torch.empty_like(n) for _ in range(self.world)]
-        dist.all_gather(ns, n, group=self.group)
-        sizes = [int(t) for t in ns]
+        if sizes is None:
+            n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+            ns = [torch.empty_like(n) for _ in range(self.world)]
+            dist.all_gather(ns, n, group=self.group)
+            sizes = [int(t) for t in ns]
         X = gather_rows.apply(x, sizes, self.rank, self.group)
         with torch.no_grad():
             Y = gather_rows.apply(y.to(torch.int64), sizes, self.rank, self.group)

@@ -78,11 +78,15 @@ class _TorchStep:
         def forward_impl(*args):
             host = [_host(a) for a in args]
             res = k.forward(*host)
-            return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=_np_dtype(kind, host[0])))
+            # (ascontiguousarray makes a 0-d output 1-d: its shape is restored)
+            return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=_np_dtype(kind, host[0])).reshape(np.shape(r)))
                          for r, kind in zip(res, k.outputs))
 
+        scalars = tuple(k.scalars)
+
         def forward_fake(*args):
-            return tuple(torch.empty_like(args[0], dtype=_dtype_of(kind, args[0])) for kind in k.outputs)
+            return tuple(args[0].new_empty(() if i in scalars else args[0].shape, dtype=_dtype_of(kind, args[0]))
+                         for i, kind in enumerate(k.outputs))
 
         fwd = torch.library.custom_op(f"triplet_ref::{step.name}", forward_impl, mutates_args=(),
                                       schema=f"({ins}) -> ({outs})")
@@ -109,7 +113,7 @@ class _TorchStep:
         bwd = bwd._opoverload
 
         # the closures dynamo traces (setup_context, backward) hold plain values only
-        linear, n_saved = k.linear, len(k.saved)
+        linear, n_saved, backward_ad = k.linear, len(k.saved), k.backward_ad
         saved_idx = tuple(k.saved)
         slopes = tuple((i, saved_idx.index(j)) for i, j in k.slopes.items())
         nondiff = tuple(i for i, kind in enumerate(k.outputs) if kind != "float")
@@ -139,6 +143,11 @@ class _TorchStep:
         def fwd_backward(ctx, grad, *_):
             args = ctx.saved_tensors
             arrays, saved_out = args[:n_in], args[n_in:]
+            if backward_ad is not None and torch.is_grad_enabled():
+                # the backward is differentiated (create_graph=True, torch.func): the
+                # step's differentiable array-API backward, on the autograd tape
+                ad = backward_ad(_context(arrays[0]), *arrays, grad)
+                return tuple(g if need else None for g, need in zip(ad, ctx.needs_input_grad))
             grads = [None] * n_in
             if ctx.needs_input_grad[0]:
                 bargs = (*arrays, grad.contiguous(), *saved_out)

@@ -25,7 +25,10 @@ from ..backends import Context, resolve
 from ..backends import compiling as _compiling
 from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
 from ..distances import METRICS, cross_distance_matrix
-from ._common import REDUCTIONS, as_float, non_finite, prepare, safe_divide, scalar
+from ._common import REDUCTIONS, as_float, count_dtype, non_finite, prepare, safe_divide, scalar
+
+#: the info key under which a row block of a chunked ``"mean"`` call returns its count
+_COUNT = "_chunk_count"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Pairs:
     same: Any = None   # (B, R) bool: the pair is the anchor itself (None: no such pair)
     nan_src: Any = None  # an array whose NaN-ness decides the loss's (default: x)
     n_same: int = -1   # pairs excluded as the anchor itself (-1: one per anchor, the batch)
+    block: Any = None  # the _Block of one row block of a chunked call (None: a whole call)
 
     @property
     def distributed(self) -> bool:
@@ -104,12 +108,16 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
         ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
         return Pairs(ctx, x, d, pos, neg, m)
     check_scaling_args(has_ref, has_group, has_axis)
-    check_choice(metric, "metric", METRICS)
-    check_choice(reduction, "reduction", REDUCTIONS)
-    check_margin(margin)
+
+    def validate():
+        check_choice(metric, "metric", METRICS)
+        check_choice(reduction, "reduction", REDUCTIONS)
+        check_margin(margin)
+
     if not has_ref:
-        ctx, x, y, comm, X, Y, offset = gather_global(labels, embeddings, backend, process_group, axis_name)
-        return _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm)
+        g = gather_global(labels, embeddings, backend, process_group, axis_name, validate=validate, path=_UNCHUNKED)
+        return _global_pairs(g.ctx, g.x, g.y, g.X, g.Y, g.offset, margin, metric, g.comm)
+    validate()
     ctx, x, y = resolve(embeddings, labels, backend)
     xp = ctx.xp
     if has_ref:
@@ -130,19 +138,96 @@ def check_scaling_args(has_ref: bool, has_group: bool, has_axis: bool) -> None:
             "global batch is the reference set of a distributed call")
 
 
-def gather_global(labels, embeddings, backend, process_group, axis_name):
-    """The local batch and the global one of a distributed call: ``(ctx, x, y, comm, X, Y,
-    offset)``.  A rank may hold no row (``(0, D)``); a global batch without a row is a
-    ValueError on every rank alike (decided after the gather, so no rank is left waiting)."""
-    from ..backends._scale import communicator
+#: how a rank runs a distributed call (exchanged between torch ranks, which must agree):
+#: unchunked (``chunk_size=0``), in blocks (an int), or as the memory budget decides (None)
+_UNCHUNKED, _CHUNKED, _BY_BUDGET = 0, 1, 2
 
-    ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
-    comm = communicator(ctx.backend, process_group=process_group, axis_name=axis_name)
-    X, Y, offset = comm.gather(ctx, x, y)
+
+@dataclass
+class Gathered:
+    """The local and the global batch of one distributed call, gathered once: passed as
+    ``process_group`` to the loss (or to :func:`chunked`) once the default chunking has
+    been decided from the global batch."""
+    ctx: Context
+    x: Any        # this rank's rows (B_local, D), compute dtype
+    y: Any        # their labels
+    comm: Any     # the communicator: .sum(ctx, v) is the global sum
+    X: Any        # the global batch (B_global, D), differentiable in x
+    Y: Any
+    offset: Any   # this rank's first row in X (0-d index array)
+    rows: int | None = None  # chunk_size=None: the rows per block the budget chose (None: unchunked)
+
+
+def gather_global(labels, embeddings, backend, process_group, axis_name, *, validate=None,
+                  path: int = _UNCHUNKED) -> Gathered:
+    """The local batch and the global one of a distributed call (a :class:`Gathered`).
+
+    A rank may hold no row (``(0, D)``); a global batch without a row is a ValueError on
+    every rank alike (decided after the gather, so no rank is left waiting).
+
+    torch (``process_group``): the arguments are validated (``validate()``, then the
+    embeddings and labels) inside a guard, and every rank's outcome, rows, columns,
+    dtype, memory budget and ``path`` travel in the one small all-gather that learns the
+    uneven row counts (``backends._scale._TorchComm.agree``): bad input on one rank (a
+    labels length that is not its rows, a 1-D or integer embeddings, ...), or columns or
+    dtypes that differ between ranks, raise the same error on every rank instead of
+    leaving the others waiting in a collective until its timeout.  JAX (``axis_name``):
+    inside ``shard_map`` / ``pmap`` every device traces the same static shapes, so an
+    argument error is raised at trace time for all of them alike; nothing to exchange.
+
+    ``path``: ``_BY_BUDGET`` (``chunk_size=None``) sets ``rows`` from the memory budget
+    (the smallest of the ranks'), the local rows of the largest rank and the global
+    rows: ``budget // (arrays_at_peak · B_global · itemsize)``, None (unchunked) when that
+    is at least the largest rank's rows, so that every rank takes the same path; ranks
+    whose paths differ (``chunk_size=0`` on one, an int on another) raise a ValueError
+    naming ``chunk_size`` on every rank.
+    """
+    if isinstance(process_group, Gathered):
+        return process_group
+    from ..backends._scale import communicator, torch_comm
+
+    def local():
+        if validate is not None:
+            validate()
+        if labels is None:
+            raise TypeError("labels: expected an integer array of shape (B,), got None")
+        ctx, x, y = resolve(embeddings, labels, backend, allow_empty=True)
+        return ctx, x, y, (memory_budget() if path == _BY_BUDGET else None)
+
+    if process_group is None:
+        ctx, x, y, budget = local()
+        comm = communicator(ctx.backend, axis_name=axis_name)
+        X, Y, offset = comm.gather(ctx, x, y)
+        max_rows, paths = int(x.shape[0]), [path]
+    else:
+        error = None
+        try:
+            ctx, x, y, budget = local()
+        except (TypeError, ValueError) as exc:
+            ctx = x = y = budget = None
+            error = exc
+        if error is None:
+            comm = communicator(ctx.backend, process_group=process_group)
+        else:
+            comm = torch_comm(process_group)
+            if comm is None:  # torch.distributed cannot serve the group: nothing to wait on
+                raise error
+        sizes, budget, paths = comm.agree(ctx, x, error, like=embeddings, budget=budget, path=path)
+        X, Y, offset = comm.gather(ctx, x, y, sizes)
+        max_rows = max(sizes)
     if X.shape[0] == 0:
         raise ValueError(f"embeddings: empty global batch (every rank's shape is {tuple(x.shape)}); "
                          "need at least one row")
-    return ctx, x, y, comm, X, Y, offset
+    rows = None
+    if budget is not None:
+        rows = rows_from_budget(budget, max_rows, int(X.shape[0]), ctx.backend, _itemsize(x))
+    chunks = [p == _CHUNKED or (p == _BY_BUDGET and rows is not None) for p in paths]
+    if any(c != chunks[0] for c in chunks):
+        names = {_UNCHUNKED: "0", _CHUNKED: "an int", _BY_BUDGET: "None"}
+        have = ", ".join(f"{names[p]} on rank {r}" for r, p in enumerate(paths))
+        raise ValueError(f"chunk_size: {have}: the ranks of a process group must all chunk or all not "
+                         "(pass the same chunk_size on every rank)")
+    return Gathered(ctx, x, y, comm, X, Y, offset, rows if path == _BY_BUDGET else None)
 
 
 def _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm) -> Pairs:
@@ -179,7 +264,7 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     if nan_src is None:
         nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
     if not block.exclude_self:
-        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
+        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0, block=block)
     B, R = d.shape
     if block.start is not None:  # a concrete offset: the shifted identity, no index compare
         same = xp.eye(B, R, k=block.start, dtype=xp.bool, device=ctx.device)
@@ -190,13 +275,21 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
         same = cols[None, :] == (rows + block.offset)[:, None]
     if not fused:  # the fused kernel zeroes the anchor's own column itself
         d = xp.where(same, scalar(ctx, 0), d)
-    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src)
+    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src, block=block)
 
 
 def reduce_pairs(P: Pairs, per_term, count, reduction: str):
     """``sum`` → Σ, ``mean`` → Σ / count (0 when count is 0), ``none`` → the local array;
-    Σ and count are global sums in a distributed call (equal on every rank)."""
+    Σ and count are global sums in a distributed call (equal on every rank).
+
+    ``count`` is the mean's denominator (an integer or floating 0-d array, cast here).  In
+    a row block of a :func:`chunked` call it is also handed to the block (``_Block.count``):
+    the mean of a chunked call is the blocks' sums over their counts, so a block computes
+    no info (and none of its passes over the ``(b, R)`` arrays) unless the caller asked for
+    ``return_info``."""
     ctx, xp = P.ctx, P.ctx.xp
+    if P.block is not None:
+        P.block.count = count
     if reduction == "none":
         return per_term
     total = P.global_sum(xp.sum(per_term))
@@ -221,7 +314,8 @@ chunk_size: ``None`` (default): the anchor rows per block chosen from a memory b
   (``R = B``), blocks of ``budget // (8·R·itemsize)`` rows beyond (JAX: ``16·R``); ``0``: never
   chunked (``O(B·R)`` memory); an int ``c >= 1``: blocks of ``c`` rows (with
   ``process_group`` / ``axis_name``: of the local anchors, against the global batch;
-  ``None`` does not chunk there). Each block mines against the whole batch (or
+  ``None`` there takes ``R = B_global`` and chunks every rank when the largest
+  rank's rows exceed the budget's). Each block mines against the whole batch (or
   reference set) and its backward is done block by block (torch ``"mean"``/``"sum"``:
   in the forward pass, first order only; otherwise checkpointed and recomputed), so
   a call holds ``O(c·R)`` at a time (docs/scaling.md, "Memory")."""
@@ -260,8 +354,11 @@ def batch_loss(ref_note: str = ""):
         @functools.wraps(fn)
         def loss(*args, **kwargs):
             chunk_size = kwargs.pop("chunk_size", None)
-            if (chunk_size is None and kwargs.get("process_group") is None and kwargs.get("axis_name") is None
+            group, axis = kwargs.get("process_group"), kwargs.get("axis_name")
+            if ((group is not None or axis is not None) and not isinstance(group, (_Block, Gathered))
                     and not _compiling()):
+                return _distributed_call(loss, fn, sig, chunk_size, args, kwargs)
+            if chunk_size is None and group is None and axis is None and not _compiling():
                 # the default: rows from the memory budget (None: unchunked); not under
                 # torch.compile, which cannot trace the blocks' in-forward backward
                 bound = sig.bind_partial(*args, **kwargs)
@@ -282,6 +379,35 @@ def batch_loss(ref_note: str = ""):
     return deco
 
 
+def _distributed_call(loss, fn, sig, chunk_size, args, kwargs):
+    """A batch loss with ``process_group`` / ``axis_name``: the global batch is gathered
+    first (:func:`gather_global`, which also validates the arguments on every torch rank
+    alike), then the call runs unchunked or in row blocks (``chunk_size=None``: as the
+    memory budget decides from the local and global rows)."""
+    bound = sig.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = dict(bound.arguments)
+    a.pop("chunk_size", None)
+    has_ref = a.get("ref_embeddings") is not None or a.get("ref_labels") is not None
+    check_scaling_args(has_ref, a.get("process_group") is not None, a.get("axis_name") is not None)
+    path = _BY_BUDGET if chunk_size is None else (_UNCHUNKED if chunk_size == 0 else _CHUNKED)
+
+    def validate():
+        check_chunk_size(chunk_size)
+        if "metric" in a:
+            check_choice(a["metric"], "metric", METRICS)
+        check_choice(a["reduction"], "reduction", REDUCTIONS)
+        check_margin(a["margin"])
+
+    g = gather_global(a["labels"], a["embeddings"], a["backend"], a["process_group"], a["axis_name"],
+                      validate=validate, path=path)
+    rows = g.rows if chunk_size is None else (chunk_size or None)
+    a["process_group"], a["axis_name"] = g, None
+    if rows is None:
+        return fn(**a)
+    return chunked(loss, chunk_size=rows, **a)
+
+
 # --- bounded memory: anchors in row blocks ---------------------------------------------
 class _Block:
     """The candidates of one row block of a chunked call: the whole batch (or reference
@@ -292,6 +418,7 @@ class _Block:
         self.X, self.Y, self.offset, self.exclude_self = X, Y, offset, same
         self.start = start      # offset as a Python int (the fused distance kernel), None if traced
         self.nan_src = nan_src  # NaN where the whole input is non-finite (once per call), else None
+        self.count = None       # the block's mean denominator, set by reduce_pairs
 
     def gather(self, ctx, x, y):
         return self.X, self.Y, self.offset
@@ -363,7 +490,8 @@ def chunk_rows(chunk_size: Any, embeddings: Any, ref_embeddings: Any = None, pro
     backend's ``arrays_at_peak`` where it sets one: JAX 16; ``R``
     the candidates: the batch or the reference set; ``itemsize`` of the compute dtype,
     at least 4), unchunked when ``rows >= B``.  A distributed call (``process_group`` /
-    ``axis_name``) with ``None`` is not chunked (each rank holds ``B_local · B_global``).
+    ``axis_name``) with ``None``: None here; its rows are decided after the gather, from
+    the global rows (:func:`gather_global`).
     """
     check_chunk_size(chunk_size)
     if chunk_size == 0:
@@ -386,8 +514,15 @@ def chunk_rows(chunk_size: Any, embeddings: Any, ref_embeddings: Any = None, pro
         return None
     from ..backends import backend_of
 
-    per_row = getattr(backend_of(embeddings), "arrays_at_peak", None) or ARRAYS_AT_PEAK
-    rows = memory_budget() // (per_row * R * _itemsize(embeddings))
+    return rows_from_budget(memory_budget(), B, R, backend_of(embeddings), _itemsize(embeddings))
+
+
+def rows_from_budget(budget: int, B: int, R: int, backend: Any, itemsize: int) -> int | None:
+    """``budget // (arrays_at_peak · R · itemsize)`` rows per block, or None (unchunked)
+    when that is at least ``B`` (``arrays_at_peak``: the backend's, else
+    :data:`ARRAYS_AT_PEAK`)."""
+    per_row = getattr(backend, "arrays_at_peak", None) or ARRAYS_AT_PEAK
+    rows = budget // (per_row * R * itemsize)
     if rows >= B:
         return None
     return max(1, int(rows))
@@ -423,7 +558,8 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
     if process_group is not None or axis_name is not None:
         # the local anchors in blocks against the gathered global batch: the blocks run no
         # collective (their number may differ between ranks); the sums are global at the end
-        ctx, x, y, comm, X, Y, base = gather_global(labels, embeddings, backend, process_group, axis_name)
+        g = gather_global(labels, embeddings, backend, process_group, axis_name, path=_CHUNKED)
+        ctx, x, y, comm, X, Y, base = g.ctx, g.x, g.y, g.comm, g.X, g.Y, g.offset
         self_ref = False
     else:
         ctx, x, y = resolve(embeddings, labels, backend)
@@ -449,16 +585,29 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
 
     base_int = concrete_int(base) if exclude_self else None
 
+    cdt = count_dtype(ctx)
+
+    def call_block(yb, xb, mgn, blk):
+        # the block computes its info only when the caller asked for it; the mean needs
+        # only the block's count, which reduce_pairs hands over (blk.count): no info pass
+        # over the (b, R) arrays, no (b, R) index array kept
+        res = fn(yb, xb, mgn, reduction=red, return_info=return_info, process_group=blk, **options)
+        out, info = res if return_info else (res, {})
+        if reduction == "mean":
+            if blk.count is None:
+                raise AssertionError(f"{getattr(fn, '__name__', fn)}: a row block did not report its count")
+            # an exact integer count (int64; float32 where the backend has no 64-bit
+            # integer), added over the blocks without rounding
+            info = dict(info)
+            info[_COUNT] = xp.astype(blk.count, cdt)
+        return out, info
+
     def run_block(s, leaves):
         x_all = leaves[0]
         cand = x_all if self_ref else leaves[1]
         blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
                      None if base_int is None else base_int + s, nan_src)
-        out, info = fn(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], reduction=red,
-                       return_info=True, process_group=blk, **options)
-        if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
-            info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
-        return out, info
+        return call_block(y[s:s + chunk_size], x_all[s:s + chunk_size, :], leaves[2], blk)
 
     fused = None
     if reduction != "none":
@@ -485,10 +634,7 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
             # s is traced: the fused kernel's Python offset is None, the portable path
             # excludes the anchor's own column from the traced offset
             blk = _Block(x if self_ref else X, Y, s + base, exclude_self, None, nan_src)
-            out, info = fn(yb, xb, margin, reduction=red, return_info=True, process_group=blk, **options)
-            if not return_info:
-                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
-            return out, info
+            return call_block(yb, xb, margin, blk)
 
         stacked = scan_blocks(ctx.backend, scan_block, (first, xs, ys), traced=(X, margin))
         if stacked is not None:
@@ -501,11 +647,7 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
             cand = x_all if self_ref else X_all
             blk = _Block(cand, Y, xp.asarray(s, dtype=idt, device=ctx.device) + base, exclude_self,
                          None if base_int is None else base_int + s, nan_src)
-            out, info = fn(y[s:e], x_all[s:e, :], margin, reduction="none" if reduction == "none" else "sum",
-                           return_info=True, process_group=blk, **options)
-            if not return_info:  # only the counts the mean needs: no (b, R) index arrays kept
-                info = {k: v for k, v in info.items() if k in ("num_valid", "num_positive")}
-            return out, info
+            return call_block(y[s:e], x_all[s:e, :], margin, blk)
 
         out, info = checkpoint(ctx.backend, block, x, X)
         blocks.append((out, info))
@@ -523,10 +665,10 @@ def _unstack(ctx, stacked, reduction):
         return xp.reshape(v, (v.shape[0] * v.shape[1],) + tuple(v.shape[2:]))
 
     out = join(out) if reduction == "none" else xp.sum(out, axis=0, dtype=out.dtype)
-    nv = as_float(ctx, info["num_valid"])
     merged = {}
     for key, v in info.items():
         if key.startswith(("fraction_", "mean_")):
+            nv = as_float(ctx, info["num_valid"])
             merged[key] = safe_divide(ctx, xp.sum(as_float(ctx, v) * nv, axis=0), xp.sum(nv, axis=0))
         elif v.ndim >= 2:
             merged[key] = join(v)
@@ -554,8 +696,7 @@ def _finish_chunked(ctx, blocks, reduction, return_info, comm=None, summed=False
         loss = gsum(loss)
     info = _merge_info(ctx, [i for _, i in blocks], gsum)
     if reduction == "mean":
-        key = "num_positive" if "num_positive" in info else "num_valid"
-        loss = safe_divide(ctx, loss, as_float(ctx, info[key]))
+        loss = safe_divide(ctx, loss, as_float(ctx, info.pop(_COUNT)))
     loss = ctx.finish(loss)
     return (loss, info) if return_info else loss
 
@@ -566,11 +707,11 @@ def _merge_info(ctx, infos, gsum=lambda v: v):
     the global sum of a distributed call, applied to the counts and weighted sums)."""
     xp = ctx.xp
     out = {}
-    nv = [as_float(ctx, i["num_valid"]) for i in infos]
-    nv_total = nv[0]
-    for v in nv[1:]:
-        nv_total = nv_total + v
     if any(k.startswith(("fraction_", "mean_")) for k in infos[0]):
+        nv = [as_float(ctx, i["num_valid"]) for i in infos]
+        nv_total = nv[0]
+        for v in nv[1:]:
+            nv_total = nv_total + v
         nv_total = gsum(nv_total)
     for key, first in infos[0].items():
         vals = [i[key] for i in infos]

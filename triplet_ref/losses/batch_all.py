@@ -34,8 +34,9 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     data-dependent shapes (the count follows the oracle's ``d(a,p) − d(a,n) + m > 0``
     exactly, ties included). ``soft=True`` has no such closed form: the native kernel
     (CPU) makes one pass over the anchor's row per positive, O(B²·K̄) time for K̄
-    positives per anchor on average; the portable path (GPU) costs O(B³) (O(B²) memory,
-    blocks of anchors).
+    positives per anchor on average; the portable path (GPU) likewise, one pass per
+    positive slot: O(B²·K̄) with known labels, O(B²·K_max) under ``jax.jit`` (O(B²)
+    memory; O(B³) time only under a tracing compiler other than JAX's).
 
     Args:
       labels: ``(B,)`` integer labels; embeddings: ``(B, D)`` real floating array.
@@ -59,17 +60,18 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     idt = ctx.backend.index_dtype(xp)
     # the soft step also returns ∂L/∂m (for the native bridges); the loss needs (L, count)
     per_pair, num_positive = run(SOFT if soft else HINGE, ctx, d, pos, neg, scalar(ctx, m))[:2]
-    num_pos_f = xp.sum(as_float(ctx, num_positive))
-    loss = reduce_pairs(P, per_pair, num_pos_f, reduction)
+    # the number of positive triplets, exact: the triplet counts grow like B³, so int64
+    # (or float32 where the backend has no 64-bit integer, JAX's 32-bit mode), never a
+    # 32-bit sum that wraps around; one pass, no (B, R) temporary of another dtype
+    cdt = count_dtype(ctx)
+    num_pos = xp.sum(num_positive, dtype=cdt)
+    loss = reduce_pairs(P, per_pair, num_pos, reduction)
     info = None
     if return_info:
-        # the triplet counts grow like B³: int64, or float32 where the backend has no
-        # 64-bit integer (JAX's 32-bit mode), never a 32-bit sum that wraps around
-        cdt = count_dtype(ctx)
         npos = count_true(ctx, pos, axis=1)
         nneg = count_true(ctx, neg, axis=1)
         num_valid = P.global_sum(xp.sum(xp.astype(npos * nneg, cdt)))  # each row's product < B·R fits
-        total_pos = P.global_sum(xp.sum(xp.astype(num_positive, cdt)))
+        total_pos = P.global_sum(num_pos)
         info = {
             "num_valid": num_valid,
             "num_positive": total_pos,

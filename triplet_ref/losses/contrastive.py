@@ -9,6 +9,8 @@ from ..backends._base import check_choice, check_margin
 from ..distances import row_distances
 from ._common import (REDUCTIONS, as_float, count_dtype, finish, propagate_nan, reduce,
                       safe_divide, scalar)
+from ..mining import run
+from ..mining.contrastive import SUMS, pair_terms
 from ._pairs import batch_loss, prepare_pairs, reduce_pairs
 
 __all__ = ["batch_contrastive", "contrastive_loss"]
@@ -50,25 +52,28 @@ def batch_contrastive(labels: Any, embeddings: Any, margin: float = 1.0, *,
     P = prepare_pairs(labels, embeddings, margin, "sqeuclidean", reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
     ctx, x, d2, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
-    xp, be = ctx.xp, ctx.backend
-    e = be.safe_sqrt(xp, d2)
-    half = scalar(ctx, 0.5)
+    xp = ctx.xp
     zero = scalar(ctx, 0)
-    per_pair = xp.where(pos | neg, half * _pair_terms(ctx, d2, e, pos, m), zero)
     B, R = d2.shape
     # every pair but the anchor itself: B(B − 1) for the batch, B·R against a reference
     # set, B_local·(B_global − 1) per rank of a global batch
     # xp.full, not asarray: a symbolic B (torch.compile(dynamic=True)) stays symbolic
     count = xp.full((), P.num_pairs(), dtype=ctx.dtype, device=ctx.device)
-    loss = reduce_pairs(P, per_pair, count, reduction)
+    if reduction == "none":
+        terms, _ = pair_terms(ctx, d2, pos, neg, m)
+        n_pos = xp.sum(as_float(ctx, terms > zero)) if return_info else None
+    else:
+        # one pass from d² to the sum (a fused native kernel on CPU: mining.CONTRASTIVE_SUMS);
+        # reduce_pairs of the 0-d sum: the global sum, the mean, a chunked block's count
+        terms, _, n_pos = run(SUMS, ctx, d2, pos, neg, scalar(ctx, m))
+    loss = reduce_pairs(P, terms, count, reduction)
     info = None
     if return_info:
         count_g = P.global_sum(count)
         n_terms = (B + 1) * R  # a bound on the global count (R = the global batch when distributed)
         info = {
             "num_valid": xp.astype(count_g, count_dtype(ctx, n_terms)),
-            "fraction_positive": ctx.finish(safe_divide(
-                ctx, P.global_sum(xp.sum(as_float(ctx, per_pair > zero))), count_g)),
+            "fraction_positive": ctx.finish(safe_divide(ctx, P.global_sum(n_pos), count_g)),
         }
     return finish(ctx, loss, x if P.nan_src is None else P.nan_src, info, return_info)
 

@@ -7,7 +7,17 @@ step                     portable (array API)                                  n
 :data:`BATCH_ALL_HINGE`  :func:`.batch_all.hinge_rows`                         NumPy kernel
 :data:`BATCH_ALL_SOFT`   :func:`.batch_all.soft_rows`                          —
 :data:`SEMIHARD_CHOICE`  :func:`.semihard.choose`                              NumPy kernel
+:data:`SEMIHARD_SUMS`    :func:`.semihard_sums.sums`                           NumPy kernel
+:data:`CONTRASTIVE_SUMS` :func:`.contrastive.pair_sums`                        NumPy kernel
 =======================  ====================================================  ==================
+
+:data:`SEMIHARD_SUMS` and :data:`CONTRASTIVE_SUMS` are fused reductions: their loss
+sums, margin derivatives and counts are 0-d outputs (``Kernel.scalars``) of one kernel
+call (the semi-hard choice and one pass over the terms; one pass over the pairs), so no
+``(B, R)`` gather, hinge or mask follows them; the contrastive step's torch double
+backward runs its array-API backward (``Kernel.backward_ad``).  The losses run them for
+``"mean"`` / ``"sum"``; ``"none"`` keeps the ``(B, R)`` terms (the choice step, then the
+portable formula).
 
 A NumPy kernel is native on every CPU backend: NumPy calls it, torch through a custom op
 and JAX through ``pure_callback`` — bridges built once, generically, from the step's
@@ -18,11 +28,13 @@ run one implementation (``"portable"`` or ``"native"``), for tests.
 Each NumPy kernel has two bodies: pure NumPy (always) and a numba-compiled one
 (``_numba_kernels.py``, with the optional extra ``pip install 'triplet_ref[numba]'``),
 which makes one vectorised pass over each row's negatives per positive instead of
-NumPy's temporaries (rows with more than ``_numba.COMPILED_K`` positives still go to the
-NumPy body's SIMD sort).  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
+NumPy's temporaries, and for rows with more than ``_numba.COMPILED_K`` positives a
+linear-time bucket (counting) sort of the row's negatives instead of NumPy's per-row
+SIMD sort: every row of every label regime runs compiled.  :class:`Body` chooses: ``TRIPLET_REF_NUMBA`` unset → ``auto``
 (numba where importable, for the kernels it makes faster: the batch-all hinge forward
-and backward and the semi-hard choice; the soft rows are slower compiled and stay
-NumPy), ``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
+and backward, the semi-hard choice and sums and the contrastive sums; the soft rows,
+one log1p per term, are slower compiled than NumPy's SIMD log1p and stay NumPy),
+``TRIPLET_REF_NUMBA=1`` → numba for every kernel (``ImportError`` without
 numba), ``0`` → pure NumPy; :func:`force_body` overrides it in a ``with`` block (tests).
 numba is imported on the first kernel call that selects it, never by ``import
 triplet_ref``; each kernel compiles on first use per dtype (float32, float64; others
@@ -38,12 +50,15 @@ __all__ = [
     "Impl", "Kernel", "NativeUnsupported", "Step", "force", "forced", "has_native", "implementation", "run",
     "Body", "body", "force_body", "numba_available",
     "STEPS", "kernel_steps", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
+    "SEMIHARD_SUMS", "CONTRASTIVE_SUMS",
 ]
 
 _LAZY = {
     "BATCH_ALL_HINGE": ("batch_all", "HINGE"),
     "BATCH_ALL_SOFT": ("batch_all", "SOFT"),
     "SEMIHARD_CHOICE": ("semihard", "CHOICE"),
+    "SEMIHARD_SUMS": ("semihard_sums", "SUMS"),
+    "CONTRASTIVE_SUMS": ("contrastive", "SUMS"),
 }
 
 
@@ -58,7 +73,8 @@ def __getattr__(name):
     if name == "STEPS":
         #: every mining step, by name
         return {s.name: s for s in (SQDIST, __getattr__("BATCH_ALL_HINGE"), __getattr__("BATCH_ALL_SOFT"),
-                                    __getattr__("SEMIHARD_CHOICE"))}
+                                    __getattr__("SEMIHARD_CHOICE"), __getattr__("SEMIHARD_SUMS"),
+                                    __getattr__("CONTRASTIVE_SUMS"))}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

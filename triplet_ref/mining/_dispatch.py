@@ -84,6 +84,16 @@ class Kernel:
     output is piecewise linear in ``inputs[0]`` (so ``backward`` is constant in it): with
     it, bridges support second-order derivatives (the derivative of ``backward`` in
     ``grad`` is ``linear``); without it they raise :class:`NativeUnsupported`.
+
+    ``scalars`` lists the outputs (by position) that are 0-d — sums over the whole
+    array (a fused reduction: the loss value, a count) — instead of arrays of the shape of
+    ``inputs[0]``; when ``0`` is among them, ``backward``'s ``grad`` is 0-d too.
+
+    ``backward_ad(ctx, *arrays, grad)`` (optional, array API, differentiable) returns the
+    gradients of ``Σ grad ⊙ outputs[0]`` with respect to every input (None where there is
+    none): bridges run it instead of ``backward`` where the backward itself is
+    differentiated (torch ``create_graph=True``, ``torch.func`` transforms), for a step
+    whose first output is not piecewise linear in its inputs (so ``linear`` cannot serve).
     """
 
     forward: Callable[..., tuple]
@@ -93,6 +103,8 @@ class Kernel:
     saved: tuple[int, ...] = ()
     slopes: dict = field(default_factory=dict)
     linear: Callable[..., Any] | None = None
+    scalars: tuple[int, ...] = ()
+    backward_ad: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True, eq=False)

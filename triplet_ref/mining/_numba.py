@@ -107,11 +107,10 @@ def numba_available() -> bool:
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: rows with more positives (terms) than this go to the NumPy body: the compiled pass is
-#: O(K·C) per row, NumPy's SIMD sort O(C log C) (measured, benchmarks/kernels.py: the
-#: compiled pass 2–6× faster at K = 63, slower at K ≈ 1000).  Read at call time (tests
-#: lower it to hand rows over).
-COMPILED_K = 128
+#: rows with more positives (terms) than this take the compiled bucket pass (a counting
+#: sort of the row's negatives, O(C + K·bucket) per row) instead of the compiled pass per
+#: positive (O(K·C), faster for few positives).  Read at call time (tests lower it).
+COMPILED_K = 48
 
 
 def _use_numba(d: np.ndarray, name: str, auto: bool) -> bool:
@@ -174,25 +173,6 @@ def _pm(d, margin):
     return t(margin), t(np.inf), t(-np.inf)
 
 
-def _hand_off(many, numpy_body, outs, *arrays):
-    """Run ``numpy_body`` on the rows flagged in ``many`` (more positives than the
-    compiled pass is for: the NumPy body sorts them) and write them into ``outs``."""
-    rows = np.flatnonzero(many)
-    if rows.size == 0:
-        return
-    sub = numpy_body(*(a[rows] if a.ndim == 2 else a for a in arrays))
-    for o, r in zip(outs, sub if isinstance(sub, tuple) else (sub,)):
-        o[rows] = r
-
-
-def _mostly_many(k, mask) -> bool:
-    """Whether half the rows or more have more than ``COMPILED_K`` terms: then the NumPy
-    body runs the whole call (handing most rows over would only add copies)."""
-    n = np.empty(mask.shape[0], dtype=np.int64)
-    _run(k.row_counts, mask, n)
-    return 2 * int(np.count_nonzero(n > COMPILED_K)) >= mask.shape[0]
-
-
 def _run(fn, *args):
     # one compiled call at a time (JAX runs callbacks on its own threads): with
     # ``_numba_kernels._PARALLEL`` not every numba threading layer is safe under
@@ -201,15 +181,50 @@ def _run(fn, *args):
         fn(*args)
 
 
+def _run_rows(fn, *args):
+    """:func:`_run` with the rows split among threads: a large call (at least
+    ``_blocks.THREAD_MIN_ELEMENTS`` elements, the NumPy body's rule) on several cores runs
+    ``fn`` on contiguous row slices of its 2-D arrays (every 2-D argument is (R, C), the
+    kernels write disjoint rows and hold no GIL: ``nogil=True``).  Plain threads started
+    per call (no pool survives a fork)."""
+    from . import _blocks
+
+    R, C = args[0].shape
+    n = 1 if not ROW_THREADS or R * C < _blocks.THREAD_MIN_ELEMENTS else min(_blocks.cpu_count(), R // _MIN_ROWS)
+    if n <= 1:
+        _run(fn, *args)
+        return
+    cut = [R * i // n for i in range(n + 1)]
+    errors = []
+
+    def part(i):
+        try:
+            fn(*(a[cut[i]:cut[i + 1]] if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args))
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    with _lock:
+        threads = [threading.Thread(target=part, args=(i,), daemon=True) for i in range(1, n)]
+        for t in threads:
+            t.start()
+        part(0)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+_MIN_ROWS = 64  # rows per thread at least
+#: whether :func:`_run_rows` splits large calls among threads (``benchmarks/regime_ratios.py
+#: --numba-threads off`` measures without)
+ROW_THREADS = True
+
+
 def _hinge_forward(k, numpy_body, d, pos, neg, margin):
     d, pos, neg = _c(d), _c(pos), _c(neg)
-    if _mostly_many(k, pos):
-        return numpy_body(d, pos, neg, margin)
     out = np.zeros(d.shape, dtype=d.dtype)
     count = np.zeros(d.shape, dtype=np.int32)
-    many = np.zeros(d.shape[0], dtype=bool)
-    _run(k.hinge_forward, d, pos, neg, *_pm(d, margin), COMPILED_K, out, count, many)
-    _hand_off(many, numpy_body, (out, count), d, pos, neg, margin)
+    _run_rows(k.hinge_forward, d, pos, neg, *_pm(d, margin), COMPILED_K, out, count)
     return out, count
 
 
@@ -217,12 +232,8 @@ def _hinge_backward(k, numpy_body, d, pos, neg, margin, grad, count):
     d, pos, neg = _c(d), _c(pos), _c(neg)
     grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
     count = _c(np.broadcast_to(np.asarray(count, dtype=np.int32), d.shape))
-    if _mostly_many(k, pos):
-        return numpy_body(d, pos, neg, margin, grad, count)
     out = np.zeros(d.shape, dtype=d.dtype)
-    many = np.zeros(d.shape[0], dtype=bool)
-    _run(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out, many)
-    _hand_off(many, numpy_body, (out,), d, pos, neg, margin, grad, count)
+    _run_rows(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out)
     return out
 
 
@@ -246,13 +257,9 @@ def _soft_backward(k, numpy_body, d, pos, neg, margin, grad, slope):
 
 def _semihard_choice(k, numpy_body, d, neg, term):
     d, neg, term = _c(d), _c(neg), _c(term)
-    if _mostly_many(k, term):
-        return numpy_body(d, neg, term)
     chosen = np.zeros(d.shape, dtype=np.int64)
     semi = np.zeros(d.shape, dtype=bool)
-    many = np.zeros(d.shape[0], dtype=bool)
-    _run(k.semihard_choice, d, neg, term, d.dtype.type(0), COMPILED_K, chosen, semi, many)
-    _hand_off(many, numpy_body, (chosen, semi), d, neg, term)
+    _run_rows(k.semihard_choice, d, neg, term, d.dtype.type(0), COMPILED_K, chosen, semi)
     return chosen, semi
 
 
@@ -265,8 +272,9 @@ def hinge_backward(numpy_body):
     return Accelerated(numpy_body, _hinge_backward)
 
 
-# the soft sums call exp and log1p per term: compiled, they are scalar libm calls, slower
-# than NumPy's SIMD ones (benchmarks/kernels.py): numba runs them only when selected
+# the soft sums need a log1p per term (the NumPy body: one SIMD log1p, the exps factored
+# per row and per positive); compiled it is a scalar libm call, slower than the NumPy
+# body even in the factored form: numba runs them only when selected
 def soft_forward(numpy_body):
     return Accelerated(numpy_body, _soft_forward, auto=False)
 
