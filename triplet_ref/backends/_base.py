@@ -101,6 +101,13 @@ class Backend:
         eye = xp.eye(n, dtype=xp.bool, device=self.device_of(x))
         return xp.where(eye, xp.zeros((), dtype=x.dtype, device=self.device_of(x)), x)
 
+    def gram_diagonal(self, xp, G):
+        """A copy of the diagonal of the square matrix ``G`` (a backend may later update
+        ``G`` in place): ``(B,)``, ``G``'s dtype.  Portable: a strided slice of the
+        flattened matrix."""
+        n = G.shape[0]
+        return xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
+
     def sort_rows(self, xp, x):
         """Values of each row sorted ascending (differentiable where the backend is)."""
         return xp.sort(x, axis=-1)
@@ -128,13 +135,21 @@ class Backend:
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))
         return xp.logaddexp(x, zero)
 
+    #: whether :meth:`map_slots` can run a loop whose active length is traced (JAX)
+    slot_loops = False
+
+    def map_slots(self, xp, fn, n: int, active):
+        """``(stack([fn(k)[i] for k in range(n)]) for i ...)`` with ``fn(k)`` replaced by
+        zeros for ``k >= active`` and not run there: ``fn`` maps a 0-d index ``k`` to a
+        tuple of arrays; ``active`` is a 0-d integer array whose value may be traced.
+        Only where :attr:`slot_loops` (JAX: ``lax.map`` over ``jax.checkpoint``-ed
+        ``lax.cond``: one slot's temporaries at a time, forward and gradient)."""
+        raise NotImplementedError(f"{self.name}: no loop over a traced number of slots")
+
     def map_row_blocks(self, xp, fn, rows: int, *arrays):
         """``fn`` on consecutive blocks of ``rows`` rows of ``arrays`` (2-D, the same number
-        of rows), its outputs (a tuple of arrays with one row per input row) concatenated:
-        one block after the other, each block's temporaries freed before the next (eager
-        backends: a Python loop).  JAX overrides it with ``lax.map`` over rematerialised
-        blocks, so that ``jax.jit`` (and its gradient) holds one block's temporaries at a
-        time instead of every block's."""
+        of rows), its outputs (a tuple of arrays with one row per input row) concatenated,
+        one block after the other (a Python loop)."""
         n = arrays[0].shape[0]
         outs = [fn(*(a[start : min(n, start + rows), ...] for a in arrays)) for start in range(0, n, rows)]
         if len(outs) == 1:

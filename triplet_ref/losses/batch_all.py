@@ -34,8 +34,9 @@ def batch_all(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str 
     data-dependent shapes (the count follows the oracle's ``d(a,p) − d(a,n) + m > 0``
     exactly, ties included). ``soft=True`` has no such closed form: the native kernel
     (CPU) makes one pass over the anchor's row per positive, O(B²·K̄) time for K̄
-    positives per anchor on average; the portable path (GPU) costs O(B³) (O(B²) memory,
-    blocks of anchors).
+    positives per anchor on average; the portable path (GPU) likewise, one pass per
+    positive slot: O(B²·K̄) with known labels, O(B²·K_max) under ``jax.jit`` (O(B²)
+    memory; O(B³) time only under a tracing compiler other than JAX's).
 
     Args:
       labels: ``(B,)`` integer labels; embeddings: ``(B, D)`` real floating array.

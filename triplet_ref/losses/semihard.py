@@ -55,10 +55,10 @@ def batch_semihard(labels: Any, embeddings: Any, margin: float = 1.0, *,
     xp, be = ctx.xp, ctx.backend
     idt = be.index_dtype(xp)
     zero = scalar(ctx, 0)
-    izero = xp.zeros((), dtype=idt, device=ctx.device)
 
-    nneg = count_true(ctx, neg, axis=1)
-    term = pos & (nneg > izero)[:, None]
+    # the anchors with a negative: a row-wise any (torch's row-wise count_nonzero casts
+    # the (B, R) mask to int64 first: ~10x slower)
+    term = pos & xp.any(neg, axis=1)[:, None]
 
     num_terms = as_float(ctx, count_true(ctx, term))  # no (B, R) float temporary
     if reduction == "none":

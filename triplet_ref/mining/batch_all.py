@@ -92,13 +92,13 @@ def soft_rows(ctx, d, pos, neg, m):
       memory per slot (under autograd the slots' ``(rows, R)`` intermediates are kept for the
       backward pass: ``O(B·R·K̄)``);
     * labels traced (``jax.jit``: ``K_max`` is not known when the function is traced, and
-      the shapes must be static): blocks of anchors, ``(b, R, R)`` each with
-      ``b·R² ≤ 2²²`` elements (at least one anchor) — ``O(B·R²)`` time; memory
-      ``O(B·R + 2²²)``, forward and gradient: the blocks run one after the other
-      (``Backend.map_row_blocks``: ``lax.map`` over ``jax.checkpoint``-ed blocks; as
-      independent blocks of one XLA graph they were all alive at once, 3.4 GiB of
-      temporaries at B = 768).  The time stays cubic: a static bound on the positives per
-      anchor would be the way to ``O(B·R·K)``.
+      the shapes must be static): on a backend with :attr:`Backend.slot_loops` (JAX) the
+      same per-slot passes over every anchor, ``(B, R)`` each, in a loop of ``R`` static
+      steps of which the first ``K_max`` (traced) do work (``Backend.map_slots``:
+      ``lax.map`` over ``jax.checkpoint``-ed ``lax.cond``) — ``O(B·R·K_max)`` time,
+      ``O(B·R)`` memory, forward and gradient (twice differentiable); elsewhere blocks of
+      anchors, ``(b, R, R)`` each with ``b·R² ≤ 2²²`` elements (at least one anchor), one
+      after the other — ``O(B·R²)`` time.
     """
     from ..backends._scale import concrete_int
 
@@ -108,6 +108,8 @@ def soft_rows(ctx, d, pos, neg, m):
     npos = count_true(ctx, pos, axis=1)
     kmax = concrete_int(xp.max(npos)) if B and R else 0
     if kmax is None:
+        if be.slot_loops:
+            return _soft_rows_traced(ctx, d, pos, neg, m)
         return _soft_rows_blocks(ctx, d, pos, neg, m)
     zero = scalar(ctx, 0)
     mm = scalar(ctx, m)
@@ -150,11 +152,44 @@ def soft_rows(ctx, d, pos, neg, m):
     return L, count, slope
 
 
+def _soft_rows_traced(ctx, d, pos, neg, m):
+    """:func:`soft_rows` with traced labels (static shapes) where the backend loops over a
+    traced number of slots: slot ``k`` (0-based) is every anchor's ``k``-th positive (the
+    columns with positives first, ascending: one stable argsort), one ``(B, R)`` pass per
+    slot, ``K_max`` of the ``R`` slots doing work: O(B·R·K_max) time, O(B·R) memory."""
+    xp, be = ctx.xp, ctx.backend
+    B, R = d.shape
+    idt = be.index_dtype(xp)
+    zero = scalar(ctx, 0)
+    mm = scalar(ctx, m)
+    izero = xp.zeros((), dtype=idt, device=ctx.device)
+    ione = xp.ones((), dtype=idt, device=ctx.device)
+    npos = count_true(ctx, pos, axis=1)
+    order = be.argsort_rows(xp, xp.astype(~pos, idt))  # the positives' columns first
+
+    def slot(k):
+        col = xp.take(order, xp.reshape(k, (1,)), axis=1)  # (B, 1): the k-th positive
+        t = be.take_rows(xp, d, col) - d + mm
+        sp = be.softplus(xp, t)
+        has = npos > k
+        s = xp.sum(xp.where(neg, sp, zero), axis=1)
+        g = xp.sum(xp.where(neg, xp.exp(t - sp), zero), axis=1)  # σ(t) = e^{t − softplus(t)}
+        return xp.where(has, s, zero), xp.where(has, g, zero)
+
+    sums, slopes = be.map_slots(xp, slot, R, xp.max(npos))  # (R, B) each
+    # L[a, j] = sums[rank[a, j] − 1, a] at positives
+    rank = xp.cumulative_sum(xp.astype(pos, idt), axis=1)
+    at = xp.minimum(xp.maximum(rank - ione, izero), xp.asarray(R - 1, dtype=idt, device=ctx.device))
+    L = xp.where(pos, be.take_rows(xp, xp.permute_dims(sums, (1, 0)), at), zero)
+    slope = xp.where(pos, be.take_rows(xp, xp.permute_dims(slopes, (1, 0)), at), zero)
+    count = xp.where(pos, count_true(ctx, neg, axis=1)[:, None], izero)
+    return L, count, slope
+
+
 def _soft_rows_blocks(ctx, d, pos, neg, m):
-    """:func:`soft_rows` with static shapes (``jax.jit``): blocks of anchors, each
-    ``(b, R, R)`` with ``b·R² ≤ 2²²`` elements, run one after the other
-    (``Backend.map_row_blocks``; JAX: ``lax.map`` over rematerialised blocks): O(B·R²)
-    time, O(B·R + 2²²) memory, forward and gradient."""
+    """:func:`soft_rows` with static shapes and no slot loop: blocks of anchors, each
+    ``(b, R, R)`` with ``b·R² ≤ 2²²`` elements, one after the other
+    (``Backend.map_row_blocks``): O(B·R²) time."""
     xp, be = ctx.xp, ctx.backend
     B, R = d.shape
     zero = scalar(ctx, 0)
