@@ -104,8 +104,7 @@ def gram_sqdist(ctx: Context, x, squared: bool):
     # G_ii, G_jj and G_ij, so the residue of two equal rows is ~eps·|x|² at most (and the
     # refinement below then makes it exactly 0).  A copy, because a backend may update G
     # in place.
-    n = G.shape[0]
-    sq = xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
+    sq = be.gram_diagonal(xp, G)
     # d² = sq_i + sq_j - 2 G_ij, the close pairs recomputed from x, clamped, diagonal 0
     return be.sqdist_from_gram(xp, x, G, sq, close_pair_threshold(xp, x.dtype),
                                sqeuclidean_pairs, not squared)

@@ -101,6 +101,13 @@ class Backend:
         eye = xp.eye(n, dtype=xp.bool, device=self.device_of(x))
         return xp.where(eye, xp.zeros((), dtype=x.dtype, device=self.device_of(x)), x)
 
+    def gram_diagonal(self, xp, G):
+        """A copy of the diagonal of the square matrix ``G`` (a backend may later update
+        ``G`` in place): ``(B,)``, ``G``'s dtype.  Portable: a strided slice of the
+        flattened matrix."""
+        n = G.shape[0]
+        return xp.astype(xp.reshape(G, (n * n,))[:: n + 1], G.dtype, copy=True)
+
     def sort_rows(self, xp, x):
         """Values of each row sorted ascending (differentiable where the backend is)."""
         return xp.sort(x, axis=-1)

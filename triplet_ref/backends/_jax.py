@@ -196,21 +196,36 @@ class JaxBackend(Backend):
         # d materialised first (see sqdist_from_gram)
         return _refine_static(x, jax.lax.optimization_barrier(d), w, tau, pairs)
 
+    def gram_diagonal(self, xp, G):
+        # not the portable strided slice of the flattened G: XLA copied the whole matrix
+        # for it (the distances cost ~1.5x more under jax.jit)
+        return jnp.diagonal(G)
+
     def sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
-        # the epilogue and the finish first (one fused pass over G, as without the
-        # refinement), then the close-pair test as one fused read of the result; the
-        # refinement (rare) runs only when it finds a pair (_refine_static).  The test's
-        # weights are the shifted rows' squared norms summed from x (equal to G's diagonal
-        # up to rounding): read from G's diagonal inside the fused test, XLA gathers them
-        # with a stride of B + 1 for every entry, which cost more than the test itself
-        d = self.finish_sqdist(xp, self.gram_to_sqdist(xp, G, sq), sqrt)
+        # CPU: the epilogue and the finish as one fused pass over G without a transpose,
+        # then exact symmetry by mirroring the upper triangle tile by tile (_mirror_upper:
+        # XLA's CPU code for a transposed read fused into an elementwise loop is ~5x a
+        # plain pass, the symmetrisation (G + G.T)/2 cost 2-3 times the matmul); one
+        # compiled call also when eager.  GPU: (G + G.T)/2 fused into the epilogue.
+        # Then the close-pair test as one fused read of the result; the refinement (rare)
+        # runs only when it finds a pair (_refine_static).  The test's weights are the
+        # shifted rows' squared norms summed from x (equal to G's diagonal up to
+        # rounding): read from G's diagonal inside the fused test, XLA gathers them with a
+        # stride of B + 1 for every entry, which cost more than the test itself
+        xc = x - x[:1, :]
+        w = jnp.sum(xc * xc, axis=1)
+        if _on_cpu(G):
+            d, close = _sqdist_mirrored(G, sq, w, tau=float(tau), sqrt=bool(sqrt),
+                                        tile=_MIRROR_TILE)
+        else:
+            d = self.finish_sqdist(xp, self.gram_to_sqdist(xp, G, sq), sqrt)
+            # d materialised once: without the barrier XLA fuses the whole epilogue (with
+            # its transpose, the symmetrisation) into the test too, computing it twice
+            d = jax.lax.optimization_barrier(d)
+            close = None
         if tau <= 0:
             return d  # distances.unrefined(): the bare Gram formula
-        # d materialised once: without the barrier XLA fuses the whole epilogue (with its
-        # transpose, the symmetrisation) into the test too, computing it twice
-        d = jax.lax.optimization_barrier(d)
-        xc = x - x[:1, :]
-        return _refine_static(x, d, jnp.sum(xc * xc, axis=1), tau, pairs, sqrt=sqrt)
+        return _refine_static(x, d, w, tau, pairs, sqrt=sqrt, close=close)
 
     def sort_rows(self, xp, x):
         return jnp.sort(x, axis=-1)
@@ -281,6 +296,105 @@ for _step in kernel_steps():
     _native_step(_step)
 
 
+# --- exact symmetry without a fused transpose (CPU) -------------------------------------
+#: side of the square tiles _mirror_upper copies (transposed in cache) and
+#: _any_close_upper tests: 64-512 measured alike (B = 4096, float32, 2 cores)
+_MIRROR_TILE = 128
+
+
+@partial(jax.jit, static_argnames=("tau", "sqrt", "tile"), donate_argnums=(0,))
+def _sqdist_mirrored(G, sq, w, tau, sqrt, tile):
+    """``d_ij = finish(sq_i + sq_j − 2 G_ij)`` above the diagonal, its mirror image below:
+    one fused elementwise pass over ``G`` (no transpose), then :func:`_mirror_upper`.
+    Exactly symmetric whether or not the GEMM's ``G`` is.  Also whether any pair is close
+    (``_any_close`` with weights ``w``; False when ``tau == 0``).  Returns ``(d, close)``:
+    ``(B, B)`` of ``G``'s dtype, a bool scalar.  ``G`` is donated (eager calls: ``d`` is
+    written into its buffer instead of a fresh one; the caller must not use ``G`` again)."""
+    zero = jnp.zeros((), G.dtype)
+    # sq materialised first: were it a strided slice of G, XLA would fuse that gather into
+    # the loop and redo it for every entry
+    sq = jax.lax.optimization_barrier(sq)
+    d2 = jnp.maximum((sq[:, None] + sq[None, :]) - 2 * G, zero)
+    n = G.shape[0]
+    d2 = jnp.where(jnp.eye(n, dtype=bool), zero, d2)
+    d = _mirror_upper(_safe_sqrt(d2) if sqrt else d2, tile)
+    close = _any_close_upper(d, w * tau, sqrt, tile) if tau > 0 else jnp.zeros((), dtype=bool)
+    return d, close
+
+
+def _any_close_upper(d, thr, sqrt, tile):
+    """``_any_close`` for an exactly symmetric ``d``: whether any pair ``i < j`` has
+    ``d²_ij < thr_i + thr_j`` (``d`` squared first when ``sqrt``), reading only the tiles
+    on and above the diagonal (a ``lax.fori_loop``; half the reads of the fused test, and
+    XLA's loop is faster per entry too).  A bool scalar."""
+    n = d.shape[0]
+    bs = tile
+    nb = n // bs
+    m = nb * bs
+    close = jnp.zeros((), dtype=bool)
+
+    def hits(blk, tr, tc, mask):
+        d2 = blk * blk if sqrt else blk
+        return jnp.any((d2 < tr[:, None] + tc[None, :]) & mask)
+
+    if nb > 0:
+        ti, tj = np.triu_indices(nb)
+        rows = jnp.asarray(ti * bs, dtype=jnp.int32)
+        cols = jnp.asarray(tj * bs, dtype=jnp.int32)
+        upper = np.triu(np.ones((bs, bs), dtype=bool), 1)
+
+        def one_tile(t, close):
+            r, c = rows[t], cols[t]
+            blk = jax.lax.dynamic_slice(d, (r, c), (bs, bs))
+            tr = jax.lax.dynamic_slice(thr, (r,), (bs,))
+            tc = jax.lax.dynamic_slice(thr, (c,), (bs,))
+            return close | hits(blk, tr, tc, (r != c) | upper)
+
+        close = jax.lax.fori_loop(0, ti.shape[0], one_tile, close)
+    if m < n:  # the columns past the last whole tile: pairs (i, j), j >= m, i < j
+        mask = np.arange(n)[:, None] < np.arange(m, n)[None, :]
+        close = close | hits(d[:, m:], thr, thr[m:], mask)
+    return close
+
+
+def _mirror_upper(d, tile):
+    """``d`` ``(B, B)`` with its strictly lower triangle replaced by the transpose of its
+    strictly upper one, one ``tile``-square tile at a time (``lax.fori_loop`` of
+    ``dynamic_slice`` / ``dynamic_update_slice``, in place: every transposed read stays in
+    one cached tile; the rows and columns past the last whole tile are static slices).
+    Linear in ``d``: differentiable in both modes, and its transpose (reverse mode) is
+    the same loop run backwards, with no per-iteration residuals."""
+    n = d.shape[0]
+    bs = tile
+    nb = n // bs
+    m = nb * bs
+    low = np.tril(np.ones((bs, bs), dtype=bool), -1)
+    if nb > 1:
+        ti, tj = np.tril_indices(nb, -1)  # the tiles below the diagonal: (I, J), I > J
+        rows = jnp.asarray(ti * bs, dtype=jnp.int32)
+        cols = jnp.asarray(tj * bs, dtype=jnp.int32)
+
+        def off_diagonal(t, d):
+            blk = jax.lax.dynamic_slice(d, (cols[t], rows[t]), (bs, bs))
+            return jax.lax.dynamic_update_slice(d, blk.T, (rows[t], cols[t]))
+
+        d = jax.lax.fori_loop(0, ti.shape[0], off_diagonal, d)
+    if nb > 0:
+        def diagonal(k, d):
+            s = k * bs
+            blk = jax.lax.dynamic_slice(d, (s, s), (bs, bs))
+            return jax.lax.dynamic_update_slice(d, jnp.where(low, blk.T, blk), (s, s))
+
+        d = jax.lax.fori_loop(0, nb, diagonal, d)
+    if m < n:
+        r = n - m
+        corner = d[m:, m:]
+        d = d.at[m:, :m].set(d[:m, m:].T)
+        upper = np.triu(np.ones((r, r), dtype=bool), 1)
+        d = d.at[m:, m:].set(jnp.where(upper.T, corner.T, corner))
+    return d
+
+
 # --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------
 #: the sparse branch recomputes up to this many close pairs per row on average; more go
 #: to the dense branch (every row block that holds one, recomputed directly)
@@ -288,13 +402,14 @@ _REFINE_PAIRS_PER_ROW = 16
 _REFINE_BLOCK = 16
 
 
-def _refine_static(x, d, w, tau, pairs, sqrt=False):
+def _refine_static(x, d, w, tau, pairs, sqrt=False, close=None):
     """``Backend.refine_sqdist`` (contract in ``_base._refine_sqdist``) with static shapes,
     on ``d`` before (``sqrt=False``) or after (``sqrt=True``: ``d`` holds square roots of
     the Gram values; refined values are square-rooted too) the finishing square root.
 
-    The test ``any close pair?`` is one fused reduction over ``d`` (``_any_close``); when it
-    is false nothing else runs. Otherwise up to 16·B close pairs are gathered with
+    The test ``any close pair?`` is one fused reduction over ``d`` (``_any_close``), or
+    ``close`` when the caller has it already (``_sqdist_mirrored``); when it is false
+    nothing else runs. Otherwise up to 16·B close pairs are gathered with
     ``jnp.nonzero(size=...)`` and recomputed (``_sparse``), more take a dense row-block
     recomputation (``_dense``); then duplicates are canonicalised (``_canonical``).
     With concrete values (eager, also under ``jax.grad``) the choices are made in Python,
@@ -315,8 +430,10 @@ def _refine_static(x, d, w, tau, pairs, sqrt=False):
             d, rep = _sparse(x, d, w, upper, size=size, pairs=pairs, sqrt=sqrt)
             return _canonical(d, rep)
 
-        return jax.lax.cond(_any_close(d, w, tau, sqrt), refine, lambda x, d, w: d, x, d, w)
-    if not bool(_any_close(d, w, tau, sqrt)):
+        if close is None:
+            close = _any_close(d, w, tau, sqrt)
+        return jax.lax.cond(close, refine, lambda x, d, w: d, x, d, w)
+    if not bool(_any_close(d, w, tau, sqrt) if close is None else close):
         return d
     upper, count = _close_pairs(d, w, tau, sqrt)
     if int(count) <= size:

@@ -2,9 +2,13 @@
 
 Portable: the Gram formula on rows shifted by the first row, in
 :func:`triplet_ref.distances.gram_sqdist` (its numerics are documented there).  Native:
-torch's fused distance kernel (``_PairwiseSq`` in ``triplet_ref/backends/_torch.py``,
-one GEMM and an in-place epilogue); NumPy runs the portable formula with in-place
-backend primitives.  No NumPy kernel: a GEMM is already native everywhere.
+torch's fused distance kernel (``_PairwiseSq`` in ``triplet_ref/backends/_torch.py``:
+per stripe of rows, the GEMM of the part on and above the diagonal only, an in-place
+epilogue, a mirror below the diagonal); NumPy runs the portable formula with in-place
+backend primitives (its ``X @ X.T`` is a symmetric syrk); JAX on CPU runs it with the
+epilogue as one fused pass and the exact symmetry as a tile-by-tile mirror
+(``_jax._sqdist_mirrored``).  No NumPy kernel: a GEMM is already native everywhere.
+Their cost against the bare ``X @ X.T``: ``python benchmarks/dist_ratio.py``.
 """
 from __future__ import annotations
 

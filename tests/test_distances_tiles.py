@@ -1,0 +1,137 @@
+"""The tiled euclidean distance kernels with tiny tiles, so that a small batch crosses many
+of them: torch's stripes (``_torch._GEMM_ROWS`` rows per GEMM, ``_torch._BLOCK`` rows per
+in-place epilogue block, computed bottom-up and mirrored below the diagonal) and JAX's
+CPU mirror (``_jax._MIRROR_TILE``-square tiles copied transposed below the diagonal, the
+close-pair test on the tiles above it), with batch sizes that leave partial tiles.
+
+Against the float64 oracle (``tests/test_distances.py``'s bounds), with exact symmetry, an
+exact zero diagonal, duplicates in different tiles exactly 0 apart and equidistant, a
+close pair across tiles refined (relative accuracy), and gradients equal to the analytic
+gradient of the oracle.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import triplet_ref as tr
+from triplet_ref import oracles
+
+from test_distances import _analytic_grad, assert_exact_properties, assert_matches_oracle
+
+B = 23
+
+
+def tiled_batch(seed: int = 0) -> np.ndarray:
+    """23 rows in 6-d: rows 3, 17 and 20 equal, rows 2 and 11 1e-3 apart (relative), the
+    rest generic; float32-representable, so float32 and float64 see the same values."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, 6)) * 2 + 1
+    x[17] = x[3]
+    x[20] = x[3]
+    x[11] = x[2] * (1 + 1e-3 * rng.standard_normal(6))
+    return x.astype(np.float32).astype(np.float64)
+
+
+def check(d: np.ndarray, x64: np.ndarray, metric: str, dtype: str) -> None:
+    assert_exact_properties(d)
+    assert_matches_oracle(d, x64, metric, dtype)
+    for a, b in ((3, 17), (3, 20), (17, 20)):
+        assert d[a, b] == 0 and d[b, a] == 0
+    np.testing.assert_array_equal(d[3], d[17])
+    np.testing.assert_array_equal(d[3], d[20])
+    ref = oracles.pairwise_distances(x64, metric=metric)
+    # the close pair is refined: relative accuracy, not the Gram formula's absolute error
+    assert abs(d[2, 11] - ref[2, 11]) <= 1e-5 * ref[2, 11], (d[2, 11], ref[2, 11])
+
+
+# ------------------------------------------------------------------------------ torch
+def _cases(fast, sizes):
+    """Every (size, metric, dtype) combination; those outside ``fast`` run with --runslow."""
+    out = []
+    for size in sizes:
+        for metric in ("euclidean", "sqeuclidean"):
+            for dtype in ("float32", "float64"):
+                c = (size, metric, dtype)
+                out.append(c if c in fast else pytest.param(*c, marks=pytest.mark.slow))
+    return out
+
+
+TORCH_CASES = _cases({((8, 3), "euclidean", "float32"), ((5, 5), "sqeuclidean", "float64")},
+                     [(8, 3), (5, 5), (4, 16)])
+
+
+@pytest.mark.parametrize("tiles,metric,dtype", TORCH_CASES)
+def test_torch_stripes(monkeypatch, tiles, metric, dtype):
+    torch = pytest.importorskip("torch")
+    from triplet_ref.backends import _torch
+
+    monkeypatch.setattr(_torch, "_GEMM_ROWS", tiles[0])
+    monkeypatch.setattr(_torch, "_BLOCK", tiles[1])
+    x64 = tiled_batch()
+    x = torch.tensor(x64, dtype=getattr(torch, dtype), requires_grad=True)
+    d = tr.pairwise_distances(x, metric=metric)
+    check(d.detach().numpy().astype(np.float64), x64, metric, dtype)
+    W = np.random.default_rng(1).uniform(0.5, 1.5, (B, B))
+    (d * torch.tensor(W, dtype=d.dtype)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # duplicates: the analytic gradient is that of a kink; compare on a batch without them
+    x2 = tiled_batch(2)
+    x2[17] += 0.5
+    x2[20] -= 0.5
+    xt = torch.tensor(x2, dtype=getattr(torch, dtype), requires_grad=True)
+    (tr.pairwise_distances(xt, metric=metric) * torch.tensor(W, dtype=xt.dtype)).sum().backward()
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype == "float32" else dict(rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(xt.grad.numpy(), _analytic_grad(x2, W, metric), **tol)
+
+
+# ------------------------------------------------------------------------------ JAX
+@pytest.mark.parametrize("tile,metric,dtype", _cases(
+    {(5, "euclidean", "float32")}, [4, 5, 128]))
+def test_jax_mirror(monkeypatch, tile, metric, dtype):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from triplet_ref.backends import _jax
+
+    monkeypatch.setattr(_jax, "_MIRROR_TILE", tile)
+    x64 = tiled_batch()
+    x = jnp.asarray(x64, dtype=dtype)
+
+    def f(z):
+        return tr.pairwise_distances(z, metric=metric)
+
+    for fn in (f, jax.jit(f)):  # a fresh jax.jit: traced with this tile size
+        check(np.asarray(fn(x), dtype=np.float64), x64, metric, dtype)
+    W = np.random.default_rng(1).uniform(0.5, 1.5, (B, B))
+    x2 = tiled_batch(2)
+    x2[17] += 0.5
+    x2[20] -= 0.5
+    Wj = jnp.asarray(W, dtype=dtype)
+    g = jax.grad(lambda z: jnp.sum(f(z) * Wj))(jnp.asarray(x2, dtype=dtype))
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype == "float32" else dict(rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(g), _analytic_grad(x2, W, metric), **tol)
+
+
+def test_jax_close_test_matches_full_test():
+    """The tiled close-pair test (upper tiles only) answers as the full fused test does."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from triplet_ref.backends import _jax
+
+    upper = jax.jit(_jax._any_close_upper, static_argnums=(2, 3))
+
+    rng = np.random.default_rng(3)
+    seen = set()
+    tile = 4
+    for n in (3, 9):  # no whole tile; whole tiles and some past the last
+        for _ in range(12):
+            a = rng.random((n, n))
+            d = jnp.asarray(a + a.T)
+            w = jnp.asarray(rng.random(n) * 0.25)
+            for sqrt in (False, True):
+                want = bool(_jax._any_close(d, w, 1.0, sqrt))
+                assert bool(upper(d, w * 1.0, sqrt, tile)) == want, (n, sqrt)
+                seen.add(want)
+    assert seen == {False, True}  # both answers were exercised
