@@ -63,8 +63,11 @@ def _step(backend, loss, y, x, mode):
     return run_bwd
 
 
+STAT = np.median  # --stat min: the minimum (steadier on a loaded machine)
+
+
 def _median_pair(fns, repeats, min_time):
-    """Median of each callable, calls alternated (the same load for each)."""
+    """Median (``--stat``) of each callable, calls alternated (the same load for each)."""
     for f in fns:
         f()  # warm-up: numba compiles or loads its cache here
     times = [[] for _ in fns]
@@ -74,7 +77,7 @@ def _median_pair(fns, repeats, min_time):
             t0 = time.perf_counter()
             f()
             ts.append(time.perf_counter() - t0)
-    return [float(np.median(ts)) for ts in times]
+    return [float(STAT(ts)) for ts in times]
 
 
 def _bodies(fn):
@@ -97,7 +100,17 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-time-s", type=float, default=1.0)
     p.add_argument("--kernels", action="store_true", help="also time the bare kernels (numpy backend)")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic of the repeats (min: steadier on a shared, loaded machine)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch.set_num_threads(N) (0: torch's default); 1 on a loaded machine")
     args = p.parse_args(argv)
+    global STAT
+    STAT = np.min if args.stat == "min" else np.median
+    if args.torch_threads > 0 and "torch" in args.backends:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     regimes = REGIMES if args.labels == "all" else tuple(args.labels.split(","))
     losses = tuple(args.losses.split(","))
     if not mining.numba_available():
