@@ -138,8 +138,9 @@ def _degenerate(kind, B, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["equal", "two_values", "outlier", "subnormal", "signed_zero", "inf", "nan"])
 def test_bucket_pass_on_degenerate_rows(monkeypatch, kind, dtype):
-    # the bucket pass (every row, COMPILED_K = 0) against the pass per positive (no row)
-    B = 60
+    # the bucket pass (every row, COMPILED_K = 0) against the pass per positive (no row);
+    # B = 90: 45 negatives per row, more than _CROWDED in one bucket (the outlier rows)
+    B = 90
     rng = np.random.default_rng(11)
     y = make_labels("two_classes", B, seed=1)
     pos, neg = _masks(y)

@@ -264,6 +264,9 @@ class JaxBackend(Backend):
     def native_kernel(self, step, like):
         if not _on_cpu(like):
             return None  # GPU: the portable jnp.sort / searchsorted path
+        if (step.kernel is not None and step.kernel.fusible and isinstance(like, jax.core.Tracer)
+                and not _concrete(like)):
+            return None  # under jax.jit: XLA fuses the portable version into one pass (Kernel.fusible)
         return _native_step(step) if step.kernel is not None else None
 
     def value_and_grad(self, fn, x):

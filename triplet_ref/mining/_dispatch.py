@@ -94,6 +94,10 @@ class Kernel:
     none): bridges run it instead of ``backward`` where the backward itself is
     differentiated (torch ``create_graph=True``, ``torch.func`` transforms), for a step
     whose first output is not piecewise linear in its inputs (so ``linear`` cannot serve).
+
+    ``fusible``: the portable version is elementwise maps and reductions only, which a
+    tracing compiler fuses into one pass (XLA under ``jax.jit``: faster than a host
+    callback); the JAX bridge then runs the kernel on concrete (eager) arrays only.
     """
 
     forward: Callable[..., tuple]
@@ -105,6 +109,7 @@ class Kernel:
     linear: Callable[..., Any] | None = None
     scalars: tuple[int, ...] = ()
     backward_ad: Callable[..., Any] | None = None
+    fusible: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -64,7 +64,7 @@ def _from_bits(typingctx, i, like):
     return like(i, like), codegen
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _next(t, toward):
     """``np.nextafter(t, toward)`` (``toward`` ±inf), by one step of the bit pattern
     where ``t`` is positive and finite (no libm call)."""
@@ -187,17 +187,17 @@ def _split(drow, term_row, neg_row, cols, dn, ncols, zero):
 # the bucket's first ``_WINDOW`` slots and a plain one over the rest of a fuller bucket
 # (the hinge forward and backward need no order within a bucket).  The semi-hard choice
 # sorts within the buckets too (one insertion pass, stable: ties keep their column
-# order; a stable argsort for a crowded bucket): a term's choice is the value at its
+# order; a merge sort for a crowded bucket): a term's choice is the value at its
 # rank, found by the same masked count and a binary search.  O(C + nb + K·bucket) per
 # row instead of O(K·C).  Values crowding one bucket (all equal, one far outlier) are
 # exact too, the hinge then O(K·C) again, the choice O(C log C).
 
 _BUCKETS = 2  # buckets per negative (nb = 2·#negatives): a bucket holds about one
 _WINDOW = 4  # a query reads this many slots from its bucket's start branch-free (masked)
-_CROWDED = 32  # a bucket with more values is sorted by np.argsort (stable), not insertion
+_CROWDED = 32  # a bucket with more values is merge-sorted, not by insertion
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _tau_fast(dp, m):
     """``(τ, ok)``: :func:`_tau`'s value where ``ok`` (``fl(d + m)`` or the float above
     it, positive and finite, the rule checked at it and one step below), branch-free."""
@@ -248,7 +248,7 @@ def _bucket_range(dn, nn, items):
     return lo, scale, nbk
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _bucket(x, lo, scale, top):
     """The bucket of ``x`` (any float; NaN → 0): ``⌊(x − lo)·scale⌋`` in ``[0, top]``,
     monotone in ``x``."""
@@ -261,10 +261,9 @@ def _bucket(x, lo, scale, top):
 
 
 @nb.njit(**_JIT)
-def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc, within):
+def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc):
     """``vals[:n]`` (and ``cols[:n]``) into ``sv``/``sc`` by a stable counting sort by
-    bucket, bucket ``b`` at ``[start[b], start[b + 1])``; ``within``: then sorted within
-    the buckets too (stable; no NaN in ``vals``)."""
+    bucket, bucket ``b`` at ``[start[b], start[b + 1])``."""
     top = np.float64(nbk - 1)
     start[: nbk + 2] = 0
     for j in range(n):
@@ -279,18 +278,19 @@ def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc, within):
         sv[q] = vals[j]
         sc[q] = cols[j]
         start[bk[j] + 1] = q + 1
-    if not within:
-        return
-    for b in range(nbk):  # a crowded bucket (one far outlier, a cluster): a stable sort
+
+
+@nb.njit(**_JIT)
+def _sort_within(sv, sc, n, nbk, start, tv, tc):
+    """Sort ``sv[:n]`` (and ``sc``), bucketed by :func:`_bucket_sort`, within its buckets,
+    stable (no NaN): a merge sort for a crowded bucket (``tv``/``tc`` scratch), then one
+    insertion pass (out of order only within a bucket)."""
+    for b in range(nbk):
         s0 = start[b]
         s1 = start[b + 1]
-        if s1 - s0 > _CROWDED:
-            o = np.argsort(sv[s0:s1], kind="mergesort")
-            v = sv[s0:s1][o]
-            c = sc[s0:s1][o]
-            sv[s0:s1] = v
-            sc[s0:s1] = c
-    for q in range(1, n):  # out of order only within a bucket
+        if s1 - s0 > _CROWDED:  # one far outlier, a cluster: O(s log s), not O(s²)
+            _merge_sort(sv, sc, s0, s1, tv, tc)
+    for q in range(1, n):
         y = sv[q]
         if sv[q - 1] > y:
             c = sc[q]
@@ -303,7 +303,46 @@ def _bucket_sort(vals, cols, n, lo, scale, nbk, bk, start, sv, sc, within):
             sc[p + 1] = c
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
+def _merge_sort(sv, sc, s0, s1, tv, tc):
+    """Stable bottom-up merge sort of ``sv[s0:s1]`` (and ``sc``) by value, through the
+    scratch ``tv``/``tc`` (indices ``s0:s1`` of it)."""
+    width = 1
+    into_scratch = True
+    while width < s1 - s0:
+        if into_scratch:
+            _merge_pass(sv, sc, tv, tc, s0, s1, width)
+        else:
+            _merge_pass(tv, tc, sv, sc, s0, s1, width)
+        into_scratch = not into_scratch
+        width *= 2
+    if not into_scratch:  # the last pass wrote the scratch
+        for q in range(s0, s1):
+            sv[q] = tv[q]
+            sc[q] = tc[q]
+
+
+@nb.njit(**_JIT)
+def _merge_pass(av, ac, bv, bc, s0, s1, width):
+    """Merge the sorted runs of ``width`` of ``av[s0:s1]`` pairwise into ``bv`` (stable)."""
+    for lo in range(s0, s1, 2 * width):
+        mid = min(lo + width, s1)
+        hi = min(lo + 2 * width, s1)
+        i = lo
+        j = mid
+        for o in range(lo, hi):
+            left = j >= hi or (i < mid and not av[j] < av[i])  # equal: the left one first
+            if left:
+                bv[o] = av[i]
+                bc[o] = ac[i]
+                i += 1
+            else:
+                bv[o] = av[j]
+                bc[o] = ac[j]
+                j += 1
+
+
+@nb.njit(**_JIT)
 def _rank(sv, start, b, x):
     """The number of values ``≤ x`` (``x`` in bucket ``b``, the buckets sorted within):
     the buckets below, then a count over bucket ``b`` (its first slots masked, the rest
@@ -333,7 +372,7 @@ def _forward_buckets(drow, cols, k, dn, ncols, nn, n_nan, m, up, down, out_row, 
     a count and a sum need no order): prefix counts and sums over the buckets below the
     threshold's, a masked sum over its bucket's first slots, a plain one over the rest."""
     lo, scale, nbk = _bucket_range(dn, nn, nn)
-    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc, False)
+    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
     # ps[b]: Σ (x − lo) over the buckets below b (shifted: small sums, little cancellation)
     ps[: nbk + 1] = 0.0
     for j in range(nn):
@@ -385,7 +424,7 @@ def _backward_buckets(drow, cols, k, dn, ncols, nn, m, up, down, g_row, c_row, o
         w = np.float64(g_row[p])
         out_row[p] = w * c_row[p]
         tg[i] = w
-    _bucket_sort(tv, tg, k, lo, scale, nbk, bk, start, sv, sg, False)
+    _bucket_sort(tv, tg, k, lo, scale, nbk, bk, start, sv, sg)
     # gs[b]: Σ grad over the thresholds in the buckets above b
     gs[: nbk + 1] = 0.0
     for i in range(k):
@@ -413,11 +452,12 @@ def _backward_buckets(drow, cols, k, dn, ncols, nn, m, up, down, g_row, c_row, o
 
 @nb.njit(**_JIT)
 def _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen_row, semi_row,
-                    bk, start, sv, sc):
+                    bk, start, sv, sc, tv, tc):
     """The semi-hard choice of one row (``semihard_choice``) on the sorted negatives
     (ties in column order): the first one beyond ``d(a,p)`` is at its rank, if finite."""
     lo, scale, nbk = _bucket_range(dn, nn, nn)
-    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc, True)
+    _bucket_sort(dn, ncols, nn, lo, scale, nbk, bk, start, sv, sc)
+    _sort_within(sv, sc, nn, nbk, start, tv, tc)
     sv[nn] = np.inf  # past the last: none
     sc[nn] = -1
     top = np.float64(nbk - 1)
@@ -600,6 +640,8 @@ def semihard_choice(d, neg, term, zero, small_k, chosen, semi):
         start = np.empty(_BUCKETS * C + 2, dtype=np.int64)
         sv = np.empty(C + _WINDOW, dtype=d.dtype)  # _WINDOW slots of slack
         sc = np.empty(C + _WINDOW, dtype=np.int64)
+        tv = np.empty(C, dtype=d.dtype)  # merge-sort scratch
+        tc = np.empty(C, dtype=np.int64)
         for a in range(blk * _ROWS, min(R, (blk + 1) * _ROWS)):
             drow = d[a]
             k, nn, n_nan = _split(drow, term[a], neg[a], cols, dn, ncols, zero)
@@ -619,7 +661,7 @@ def semihard_choice(d, neg, term, zero, small_k, chosen, semi):
                     if dn[j] > dn[far]:
                         far = j
                 _choice_buckets(drow, cols, k, dn, ncols, nn, far, zero, chosen[a], semi[a],
-                                bk, start, sv, sc)
+                                bk, start, sv, sc, tv, tc)
                 continue
             keys = _ordered_keys(dn[:nn])  # dn as ordered integers, in place
             one[1] = np.inf

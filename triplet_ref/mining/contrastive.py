@@ -154,7 +154,7 @@ SUMS = Step(
     Kernel(_numba.Accelerated(contrastive_forward, _numba_forward), inputs=("d2", "pos", "neg", "margin"),
            outputs=("float", "float", "float"),
            backward=_numba.Accelerated(contrastive_backward, _numba_backward),
-           saved=(1,), slopes={3: 1}, scalars=(0, 1, 2), backward_ad=pair_sums_backward),
+           saved=(1,), slopes={3: 1}, scalars=(0, 1, 2), backward_ad=pair_sums_backward, fusible=True),
 )
 """``(d2, pos, neg, margin) -> (total, slope, n_pos)``, 0-d: ``total`` differentiable in
 ``d2`` and the margin, ``slope = ∂total/∂m``, ``n_pos`` the number of positive terms."""
