@@ -335,10 +335,11 @@ for _step in kernel_steps():
 #: rows per GEMM (the upper part of a stripe of rows: fewer rows, more GEMM calls and
 #: more wasted diagonal-block work) and per in-place epilogue block (its stripe stays in
 #: cache); chosen by timing variants at B = 4096, D = 128, float32, one thread (GEMM rows
-#: 128-1024 with 64-128 epilogue rows came within a few percent of each other; 64 GEMM
-#: rows and a single GEMM of all rows were 10-20% slower)
+#: 128-1024 with 64-256 epilogue rows came within a few percent of each other; 64 GEMM
+#: rows and a single GEMM of all rows were 10-20% slower).  256 epilogue rows: half the
+#: operator calls of 128 (each is a parallel region; they cost most on a busy machine)
 _GEMM_ROWS = 512
-_BLOCK = 128
+_BLOCK = 256
 
 from torch import Tensor  # noqa: E402  (the custom ops' schemas are read from annotations)
 
