@@ -15,9 +15,11 @@ step                     portable (array API)                                  n
 sums, margin derivatives and counts are 0-d outputs (``Kernel.scalars``) of one kernel
 call (the semi-hard choice and one pass over the terms; one pass over the pairs), so no
 ``(B, R)`` gather, hinge or mask follows them; the contrastive step's torch double
-backward runs its array-API backward (``Kernel.backward_ad``).  The losses run them for
-``"mean"`` / ``"sum"``; ``"none"`` keeps the ``(B, R)`` terms (the choice step, then the
-portable formula).
+backward runs its array-API backward (``Kernel.backward_ad``) and under ``jax.jit`` it
+stays portable (``Kernel.fusible``: XLA fuses it).  The losses run them for ``"mean"`` /
+``"sum"``; ``"none"`` keeps the ``(B, R)`` terms (the portable formula; semi-hard's after
+its choice step).  The portable :data:`SEMIHARD_SUMS` runs :data:`SEMIHARD_CHOICE`
+through the dispatcher; its kernel calls the choice kernel directly.
 
 A NumPy kernel is native on every CPU backend: NumPy calls it, torch through a custom op
 and JAX through ``pure_callback`` — bridges built once, generically, from the step's
