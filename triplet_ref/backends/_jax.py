@@ -357,13 +357,16 @@ def _any_close_upper(d, thr, sqrt, tile):
     return close
 
 
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _mirror_upper(d, tile):
     """``d`` ``(B, B)`` with its strictly lower triangle replaced by the transpose of its
     strictly upper one, one ``tile``-square tile at a time (``lax.fori_loop`` of
     ``dynamic_slice`` / ``dynamic_update_slice``, in place: every transposed read stays in
     one cached tile; the rows and columns past the last whole tile are static slices).
-    Linear in ``d``: differentiable in both modes, and its transpose (reverse mode) is
-    the same loop run backwards, with no per-iteration residuals."""
+    Linear in ``d``; its derivative (:func:`_mirror_upper_jvp`) is the same map written as
+    one ``where`` over ``d`` and ``d.T``: reverse mode transposes that, not the loop (the
+    loop's transpose copied the whole ``(B, B)`` carry at every one of its steps under
+    ``jax.jit``: ``jax.grad`` of the distances took 8x longer)."""
     n = d.shape[0]
     bs = tile
     nb = n // bs
@@ -393,6 +396,14 @@ def _mirror_upper(d, tile):
         upper = np.triu(np.ones((r, r), dtype=bool), 1)
         d = d.at[m:, m:].set(jnp.where(upper.T, corner.T, corner))
     return d
+
+
+@_mirror_upper.defjvp
+def _mirror_upper_jvp(tile, primals, tangents):
+    (d,), (t,) = primals, tangents
+    n = d.shape[0]
+    upper = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) <= jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    return _mirror_upper(d, tile), jnp.where(upper, t, t.T)
 
 
 # --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------
