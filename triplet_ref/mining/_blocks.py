@@ -227,17 +227,24 @@ def sorted_sub_blocks(rows: int, cols: int, fn: Callable[[slice], None], threade
     step = max(1, _SORT_BLOCK_ELEMENTS // max(cols, 1))
     slices = [slice(s, min(rows, s + step)) for s in range(0, rows, step)]
     workers = min(cpu_count(), len(slices)) if threaded else 1
-    if workers <= 1:
-        for sl in slices:
-            fn(sl)
-        return
 
     def quiet(sl):  # np.errstate is per thread
         with np.errstate(invalid="ignore", over="ignore"):
             fn(sl)
 
+    in_threads(quiet if workers > 1 else fn, slices, workers)
+
+
+def in_threads(fn: Callable[[slice], None], slices, workers: int) -> None:
+    """``fn(sl)`` for every ``sl`` of ``slices``, in ``workers`` threads (a pool started
+    per call: none survives a fork), or in the calling thread when ``workers <= 1``; a
+    worker's exception is re-raised in the caller."""
+    if workers <= 1:
+        for sl in slices:
+            fn(sl)
+        return
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(quiet, slices):  # re-raises a worker's exception
+        for _ in pool.map(fn, slices):  # re-raises a worker's exception
             pass
 
 

@@ -185,8 +185,8 @@ def _run_rows(fn, *args):
     """:func:`_run` with the rows split among threads: a large call (at least
     ``_blocks.THREAD_MIN_ELEMENTS`` elements, the NumPy body's rule) on several cores runs
     ``fn`` on contiguous row slices of its 2-D arrays (every 2-D argument is (R, C), the
-    kernels write disjoint rows and hold no GIL: ``nogil=True``).  Plain threads started
-    per call (no pool survives a fork)."""
+    kernels write disjoint rows and hold no GIL: ``nogil=True``), through
+    :func:`._blocks.in_threads`."""
     from . import _blocks
 
     R, C = args[0].shape
@@ -194,24 +194,12 @@ def _run_rows(fn, *args):
     if n <= 1:
         _run(fn, *args)
         return
-    cut = [R * i // n for i in range(n + 1)]
-    errors = []
 
-    def part(i):
-        try:
-            fn(*(a[cut[i]:cut[i + 1]] if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args))
-        except BaseException as exc:  # re-raised in the calling thread
-            errors.append(exc)
+    def part(sl):
+        fn(*(a[sl] if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args))
 
     with _lock:
-        threads = [threading.Thread(target=part, args=(i,), daemon=True) for i in range(1, n)]
-        for t in threads:
-            t.start()
-        part(0)
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+        _blocks.in_threads(part, [slice(R * i // n, R * (i + 1) // n) for i in range(n)], n)
 
 
 _MIN_ROWS = 64  # rows per thread at least

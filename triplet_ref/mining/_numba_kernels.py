@@ -692,6 +692,15 @@ def semihard_choice(d, neg, term, zero, small_k, chosen, semi):
 # One pass over the pairs, branch-free per element (vectorised): each term in the
 # distances' dtype exactly as the portable formula computes it, sums in float64.
 
+@nb.njit(**_JIT)
+def _add_rows(part, acc):
+    """``acc[i] += part[a, i]`` over the rows ``a`` in order (the per-row partial sums of a
+    ``prange`` loop, added deterministically after it)."""
+    for a in range(part.shape[0]):
+        for i in range(acc.shape[0]):
+            acc[i] += part[a, i]
+
+
 @nb.njit(fastmath={"reassoc"}, **_JIT)
 def _contrastive_row(drow, prow, nrow, m, half, zero):
     s = 0.0
@@ -720,9 +729,7 @@ def contrastive_sums(d2, pos, neg, m, acc):
         part[a, 0] = s
         part[a, 1] = sl
         part[a, 2] = c
-    for a in range(R):
-        for i in range(3):
-            acc[i] += part[a, i]
+    _add_rows(part, acc)
 
 
 @nb.njit(error_model="numpy", **_JIT)  # IEEE division (no ZeroDivisionError branch): vectorised
@@ -768,9 +775,7 @@ def semihard_sums(d, term, chosen, semi, m, acc):
         part[a, 0] = s
         part[a, 1] = act
         part[a, 2] = ns
-    for a in range(R):
-        for i in range(3):
-            acc[i] += part[a, i]
+    _add_rows(part, acc)
 
 
 @nb.njit(parallel=_PARALLEL, **_JIT)
