@@ -14,15 +14,25 @@ from ..masks import label_masks
 REDUCTIONS = ("mean", "sum", "none")
 
 
+#: ``check_loss_args``'s metric for a loss that takes none (``None`` is a bad metric)
+NO_METRIC = object()
+
+
+def check_loss_args(reduction: str, margin: Any, metric: Any = NO_METRIC) -> None:
+    """The losses' shared arguments, each a clear error naming it."""
+    if metric is not NO_METRIC:
+        check_choice(metric, "metric", METRICS)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    check_margin(margin)
+
+
 def prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: str, backend: Any):
     """Validate the arguments and compute the shared pieces.
 
     Returns ``(ctx, x, d, pos, neg, m)``: the context, the embeddings in the compute
     dtype, the ``(B, B)`` distances, the positive/negative masks and the margin.
     """
-    check_choice(metric, "metric", METRICS)
-    check_choice(reduction, "reduction", REDUCTIONS)
-    check_margin(margin)
+    check_loss_args(reduction, margin, metric)
     if labels is None:
         raise TypeError("labels: expected an integer array of shape (B,), got None")
     try:

@@ -23,9 +23,9 @@ from typing import Any
 
 from ..backends import Context, resolve
 from ..backends import compiling as _compiling
-from ..backends._base import _as_backend_array, _check_embeddings, check_choice, check_margin, convert_labels
-from ..distances import METRICS, cross_distance_matrix
-from ._common import REDUCTIONS, as_float, count_dtype, non_finite, prepare, safe_divide, scalar
+from ..backends._base import _as_backend_array, _check_embeddings, convert_labels
+from ..distances import cross_distance_matrix
+from ._common import NO_METRIC, as_float, check_loss_args, count_dtype, non_finite, prepare, safe_divide, scalar
 
 #: the info key under which a row block of a chunked ``"mean"`` call returns its count
 _COUNT = "_chunk_count"
@@ -110,9 +110,7 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     check_scaling_args(has_ref, has_group, has_axis)
 
     def validate():
-        check_choice(metric, "metric", METRICS)
-        check_choice(reduction, "reduction", REDUCTIONS)
-        check_margin(margin)
+        check_loss_args(reduction, margin, metric)
 
     if not has_ref:
         g = gather_global(labels, embeddings, backend, process_group, axis_name, validate=validate, path=_UNCHUNKED)
@@ -394,10 +392,7 @@ def _distributed_call(loss, fn, sig, chunk_size, args, kwargs):
 
     def validate():
         check_chunk_size(chunk_size)
-        if "metric" in a:
-            check_choice(a["metric"], "metric", METRICS)
-        check_choice(a["reduction"], "reduction", REDUCTIONS)
-        check_margin(a["margin"])
+        check_loss_args(a["reduction"], a["margin"], a.get("metric", NO_METRIC))
 
     g = gather_global(a["labels"], a["embeddings"], a["backend"], a["process_group"], a["axis_name"],
                       validate=validate, path=path)
@@ -552,8 +547,7 @@ def chunked(fn, labels: Any, embeddings: Any, margin: Any, reduction: str, retur
     check_chunk_size(chunk_size)
     has_ref = ref_embeddings is not None or ref_labels is not None
     check_scaling_args(has_ref, process_group is not None, axis_name is not None)
-    check_choice(reduction, "reduction", REDUCTIONS)
-    check_margin(margin)
+    check_loss_args(reduction, margin)
     comm, base = None, 0
     if process_group is not None or axis_name is not None:
         # the local anchors in blocks against the gathered global batch: the blocks run no
