@@ -73,82 +73,84 @@ def low_halves(s: np.ndarray) -> np.ndarray:
 
 def ranks(vals: np.ndarray, n: np.ndarray, qrow: np.ndarray, q: np.ndarray, strict: bool) -> np.ndarray:
     """``#{j < n[r]: vals[r, j] < q}`` (``strict``) or ``<= q`` for each query ``q`` (``uint32``)
-    in row ``r = qrow`` of the sorted rows ``vals`` (rows, M) ``uint32``.
+    in row ``r = qrow`` of the sorted rows ``vals`` (rows, M) ``uint32`` (their first
+    ``n[r]`` entries; padding after them).
 
-    Each row's range ``[vals[r, 0], vals[r, n − 1]]`` is cut into ``NB ≥ M`` buckets of
-    ``2^shift`` bit patterns (``shift`` per row); a bincount and a running sum give each
-    bucket's first position, so a query's rank lies in its bucket's span ``[start, end)``:
-    a few exact comparison steps over it (the bucket holds about one negative), then a
-    binary search over what is left of it (a crowded bucket: many equal or close values).
-    O(n + NB) per row and O(1) expected per query for spread values; exact always.  With
-    few queries (P×K rows: K − 1 terms against ~B negatives) a binary search each instead."""
+    The values' range (the middle of the rows' ranges: the lowest and highest
+    ``n / _TAIL`` of each row share the end buckets) is cut into ``NB`` (2M < NB <= 4M)
+    buckets of ``2^shift`` bit patterns; a bincount and a running sum give each row's
+    bucket starts, so a query's rank lies in its bucket's span: a few exact comparison
+    steps over it (about one entry), then a binary search over what is left of it (a
+    crowded bucket: many equal or close values).  O(M + NB) per row and O(1) expected per
+    query for spread values; exact always.  With few queries (P×K rows: K − 1 terms
+    against ~B negatives) a binary search each instead."""
     rows, M = vals.shape
     if q.size == 0 or M == 0:
         return np.zeros(q.shape, dtype=np.intp)
     less = np.less if strict else np.less_equal
     flat = vals.reshape(-1)
+    base = qrow * M
     if q.size * _FEW_QUERIES < int(n.sum()):  # few queries: the buckets would cost more
-        return _search(flat, M, qrow * M, np.zeros(q.shape, dtype=np.intp), n[qrow].astype(np.intp), q, less)
+        k = _search(flat, base.copy(), base + n[qrow], q, less)
+        k -= base
+        return k
     lb = int(M).bit_length() + 1
-    NB = 1 << lb  # 2M < NB <= 4M buckets
+    NB = 1 << lb
     W = NB + 1  # per row: the NB buckets and the padding's
     r_all = np.arange(rows)
-    # the buckets cover the middle of each row's values (the tails share the end buckets,
-    # so a few far values do not crowd the rest into a few buckets)
+    # one bucket width for the sub-block (scalars: no per-query gathers)
     tail = n // _TAIL
-    lo = vals[r_all, tail]
-    hi = vals[r_all, np.maximum(n - 1 - tail, tail)]
-    span = np.where(n > 0, hi.astype(np.int64) - lo.astype(np.int64), 0)
-    shift = np.maximum(np.frexp(span.astype(np.float64))[1] - lb, 0).astype(np.uint32)  # span >> shift < NB
-    b = np.maximum(vals, lo[:, None])
-    b -= lo[:, None]
-    b >>= shift[:, None]
-    np.minimum(b, np.uint32(NB - 1), out=b)
+    real = n > 0
+    lo = int(vals[r_all, tail][real].min(initial=0xFFFFFFFF))
+    hi = int(vals[r_all, np.maximum(n - 1 - tail, tail)][real].max(initial=0))
+    lo = min(lo, hi)
+    shift = max((hi - lo).bit_length() - lb, 0)  # (hi − lo) >> shift < NB
+    lo32, hi32, sh = np.uint32(lo), np.uint32(hi), np.uint32(shift)
+    b = np.clip(vals, lo32, hi32)
+    b -= lo32
+    b >>= sh
     if int(n.min()) < M:  # padding: bucket NB (after every real one)
         b[np.arange(M)[None, :] >= n[:, None]] = NB
     b += (r_all * W).astype(np.uint32)[:, None]
-    # cum[r, k]: row r's entries in the buckets before k
-    cum = np.zeros((rows, W + 1), dtype=np.intp)
-    np.cumsum(np.bincount(b.reshape(-1), minlength=rows * W).reshape(rows, W), axis=1, out=cum[:, 1:])
+    # cum[r·W + k]: the flat position of row r's first entry in bucket k (every row holds
+    # M entries, padding included)
+    cum = np.zeros(rows * W + 1, dtype=np.intp)
+    np.cumsum(np.bincount(b.reshape(-1), minlength=rows * W), out=cum[1:])
     del b
-    cum = cum.reshape(-1)
-    lq = lo[qrow]
-    qb = np.maximum(q, lq)
-    qb -= lq
-    qb >>= shift[qrow]
-    np.minimum(qb, np.uint32(NB - 1), out=qb)
-    ci = qrow * (W + 1)
+    qb = np.clip(q, lo32, hi32)
+    qb -= lo32
+    qb >>= sh
+    ci = qrow * W
     ci += qb
-    k = cum[ci]  # the bucket's span [k, end) in the row
+    k = cum[ci]  # the bucket's flat span [k, end)
     end = cum[ci + 1]
-    del ci, qb, lq
-    base = qrow * M
+    del ci, qb
+    last = flat.size - 1
     # step 1 over every query, then over the ones still moving
-    act = None
-    for _ in range(_SCAN_STEPS):
-        if act is None:
-            kk, ee, bb, qq = k, end, base, q
-        else:
-            kk, ee, bb, qq = k[act], end[act], base[act], q[act]
-        go = kk < ee
-        go &= less(flat[bb + np.minimum(kk, M - 1)], qq)
-        if act is None:
-            k += go
-            act = np.flatnonzero(go)
-        else:
-            k[act] = kk + go
-            act = act[go]
+    go = k < end
+    go &= less(flat[np.minimum(k, last)], q)
+    k += go
+    act = np.flatnonzero(go)
+    for _ in range(_SCAN_STEPS - 1):
         if act.size == 0:
             break
-    if act is not None and act.size:  # a crowded bucket: binary search over the rest of it
-        k[act] = _search(flat, M, base[act], k[act], end[act], q[act], less)
+        kk, qq = k[act], q[act]
+        go = kk < end[act]
+        go &= less(flat[np.minimum(kk, last)], qq)
+        kk += go
+        k[act] = kk
+        act = act[go]
+    if act.size:  # a crowded bucket: binary search over the rest of it
+        k[act] = _search(flat, k[act], end[act], q[act], less)
+    k -= base
     return k
 
 
-def _search(flat, M, base, k, end, q, less):
-    """Binary search of each query ``q`` in ``flat[base + k : base + end]`` (sorted): ``k``
-    plus the number of entries ``less`` than ``q`` there (all queries at once,
+def _search(flat, k, end, q, less):
+    """Binary search of each query ``q`` in ``flat[k : end]`` (sorted): ``k`` plus the
+    number of entries ``less`` than ``q`` there (flat positions; all queries at once,
     ``log2(max(end − k)) + 1`` steps)."""
+    last = flat.size - 1
     width = end - k
     while True:
         live = width > 0
@@ -156,6 +158,6 @@ def _search(flat, M, base, k, end, q, less):
             return k
         half = width >> 1
         probe = k + half
-        go = live & less(flat[base + np.minimum(probe, M - 1)], q)
+        go = live & less(flat[np.minimum(probe, last)], q)
         k = np.where(go, probe + 1, k)
         width = np.where(go, width - half - 1, half)
