@@ -154,19 +154,20 @@ def _sorted_block(db, nb, tb, chosen, semi, m=None, parts=None):
     rows, C = v.shape
     bits = v.view(np.uint32)
     at = np.flatnonzero(tb)  # the terms (flat, row-major)
-    row = at // C
+    r_all = np.arange(rows)
+    row = np.repeat(r_all, np.count_nonzero(tb, axis=1))
+    q = bits.reshape(-1)[at]  # the terms' distances (bits)
     s, n = _ranks.sorted_negatives(bits, nb, columns=True)
     M = s.shape[1]
+    none = n[row] == 0 if M == 0 or int(n.min()) == 0 else None  # terms without a negative
     if M:
         sv = _ranks.high_halves(s)
         # the first negative strictly beyond a term: at its rank #{n: d(a,n) <= d(a,p)}
-        k = _ranks.ranks(sv, n, row, bits.reshape(-1)[at], strict=False)
-        nr = n[row]
-        strict = k < nr
+        k = _ranks.ranks(sv, n, row, q, strict=False)
+        strict = k < n[row]
         # none beyond: the farthest negative, the first of its distance (NaN last, as in
         # the sort); every negative at distance 0: the first negative
         far = np.maximum(n - 1, 0)  # the last negative, then back over its equals
-        r_all = np.arange(rows)
         top = sv[r_all, far]
         while True:
             back = far > 0
@@ -175,17 +176,21 @@ def _sorted_block(db, nb, tb, chosen, semi, m=None, parts=None):
                 break
             far -= back
         k = np.where(strict, k, far[row])
-        k += row * M
+        k += row * M  # flat, in the sorted block
         pick = s.view(np.uint32).reshape(-1)[2 * k + _LO].astype(np.int64)
-        pick[nr == 0] = 0  # a term without a negative (only in direct kernel calls)
+        dn = sv.reshape(-1)[k]  # the chosen negative's distance (bits)
     else:  # no negative in the sub-block
         strict = np.zeros(at.size, dtype=bool)
         pick = np.zeros(at.size, dtype=np.int64)
+        dn = None
+    if none is not None:  # a term without a negative (only in direct kernel calls): index 0
+        pick[none] = 0
     _blocks.flat(chosen)[at] = pick
     _blocks.flat(semi)[at] = strict
     if parts is not None:
-        vf = v.reshape(-1)
-        _add_sums(parts, m, vf[at], vf[row * C + pick], strict)
+        if none is not None:
+            dn = bits.reshape(-1)[row * C + pick]
+        _add_sums(parts, m, q.view(np.float32), dn.view(np.float32), strict)
 
 
 def _per_row(db, nb, tb, chosen, semi, m=None, parts=None):
