@@ -63,8 +63,7 @@ def _host_call(fn, shapes, *arrays):
     XLA's own buffers and its results are copied once into XLA's (zero-copy operands).
     ``jax.pure_callback`` copies every operand twice on CPU (into a fresh NumPy array,
     then ``device_put`` into a JAX array, whose copy is slow for arrays that are not
-    64-byte aligned: ~0.4x the distance time per ``(B, B)`` float32 operand at B = 4096)
-    and every result once more: it is the fallback for older JAX."""
+    64-byte aligned) and every result once more: it is the fallback for older JAX."""
     dtypes = tuple(np.dtype(s.dtype) for s in shapes)
     if _buffer_callback is None:  # pragma: no cover
         def host(*host_arrays):
