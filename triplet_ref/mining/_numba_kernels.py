@@ -791,3 +791,48 @@ def semihard_grad(d, term, chosen, m, g, out):
                 if (d[a, c] - d[a, n]) + m > zero:
                     out[a, c] += g
                     out[a, n] -= g
+
+
+# --- the batch-hard choice (engineer "hard"; mining/hardest.py) ----------------------------
+# One pass over each row: the label compare, the running arg-max over the positives and
+# arg-min over the negatives (first index among ties; the first NaN wins, like
+# numpy.argmax / argmin), no (B, R) temporary.
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def hardest(d, y, Y, own, hp, hn, valid):
+    """``hp[a, 0]`` / ``hn[a, 0]``: the column of row ``a``'s largest distance among its
+    positives (``Y[j] == y[a, 0]``, ``j != own[a, 0]``) / smallest among its negatives
+    (0 where there is none); ``valid[a, 0]``: it has both."""
+    R, C = d.shape
+    for a in nb.prange(R):
+        ya = y[a, 0]
+        me = own[a, 0]
+        bp = -1
+        bn = -1
+        vp = d[a, 0]
+        vn = d[a, 0]
+        nan_p = False
+        nan_n = False
+        for j in range(C):
+            v = d[a, j]
+            if Y[j] == ya:
+                if j == me or nan_p:
+                    continue
+                if v != v:
+                    bp = j
+                    nan_p = True
+                elif bp < 0 or v > vp:
+                    bp = j
+                    vp = v
+            else:
+                if nan_n:
+                    continue
+                if v != v:
+                    bn = j
+                    nan_n = True
+                elif bn < 0 or v < vn:
+                    bn = j
+                    vn = v
+        hp[a, 0] = bp if bp >= 0 else 0
+        hn[a, 0] = bn if bn >= 0 else 0
+        valid[a, 0] = bp >= 0 and bn >= 0
