@@ -338,8 +338,8 @@ def _hardest_loops(d, y, Y, offset):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_hardest_kernel_ties_nan_and_own_columns(monkeypatch, dtype):
     """The batch-hard choice (both kernel bodies, the NumPy body in many row blocks, and
-    the portable version) on a rectangular ``(B, R)`` problem with many exact ties and
-    NaN distances, against plain loops, for own-column offsets inside, partly beyond and
+    the portable version) on a rectangular ``(B, R)`` problem with many exact ties (±0
+    among them) and NaN distances (either sign bit), against plain loops, for own-column offsets inside, partly beyond and
     wholly beyond the candidates (a reference set: ``offset = R``)."""
     from triplet_ref.backends._base import resolve
     from triplet_ref.mining import hardest as H
@@ -348,6 +348,8 @@ def test_hardest_kernel_ties_nan_and_own_columns(monkeypatch, dtype):
     B, R = 23, 37
     d = rng.integers(0, 4, size=(B, R)).astype(dtype)
     d[rng.random((B, R)) < 0.04] = np.nan
+    d[rng.random((B, R)) < 0.02] = -np.float64(np.nan)  # a NaN with its sign bit set
+    d[(d == 0) & (rng.random((B, R)) < 0.5)] = -0.0  # ties with +0.0
     y = rng.integers(0, 4, size=B)
     Y = np.concatenate([y, rng.integers(0, 5, size=R - B)])
     Y[-3:] = 9  # a class only among the candidates

@@ -114,7 +114,8 @@ def _numba_forward(k, numpy_body, d, y, Y, offset):
     hn = np.zeros((B, 1), dtype=np.int64)
     valid = np.zeros((B, 1), dtype=bool)
     if B and R:
-        _numba._run_rows(k.hardest, d, y, Y, own, hp, hn, valid)
+        keys = d.dtype == np.float32 and R < 0xFFFFFFFF  # the branch-free pass on 64-bit keys
+        _numba._run_rows(k.hardest_keys if keys else k.hardest, d, y, Y, own, hp, hn, valid)
     return hp.reshape(B), hn.reshape(B), valid.reshape(B)
 
 
