@@ -103,7 +103,7 @@ def hardest(d: np.ndarray, y: np.ndarray, Y: np.ndarray, offset):
 
 def _numba_forward(k, numpy_body, d, y, Y, offset):
     B, R = d.shape
-    d = _numba._c(d)
+    d = np.ascontiguousarray(d)  # read-only (a JAX buffer) is fine: no copy
     # labels as int64 (a bijection of every integer dtype: equality is kept), one
     # compiled variant; the rows' labels and own columns as (B, 1) so that the row
     # threads split them with d
