@@ -22,7 +22,7 @@ its choice step).  The portable :data:`SEMIHARD_SUMS` runs :data:`SEMIHARD_CHOIC
 through the dispatcher; its kernel calls the choice kernel directly.
 
 A NumPy kernel is native on every CPU backend: NumPy calls it, torch through a custom op
-and JAX through ``pure_callback`` — bridges built once, generically, from the step's
+and JAX through a host callback (``buffer_callback``) — bridges built once, generically, from the step's
 :class:`Kernel` spec (``triplet_ref/backends/_torch.py``, ``_jax.py``).  On GPU the
 portable version runs.  The losses call :func:`run` only; :func:`force` makes every step
 run one implementation (``"portable"`` or ``"native"``), for tests.

@@ -3,7 +3,7 @@
 A *step* is a piece of a loss that has more than one implementation: its portable
 array-API version (runs on every backend, differentiable wherever the backend is) and,
 optionally, a *native* one — the NumPy kernel of the step, which NumPy calls directly,
-torch reaches through a custom op and JAX through ``pure_callback`` (the bridges in
+torch reaches through a custom op and JAX through a host callback (the bridges in
 ``triplet_ref/backends/`` are built from the step's :class:`Kernel` spec, once, for
 every step alike), or a backend's own native version (torch's distance kernel).
 
@@ -24,7 +24,7 @@ __all__ = ["Impl", "Kernel", "Step", "NativeUnsupported", "force", "forced", "im
 
 class NativeUnsupported(NotImplementedError):
     """A native implementation cannot serve this call (e.g. forward-mode differentiation
-    through a NumPy kernel behind ``jax.pure_callback``).  The dispatcher then runs the
+    through a NumPy kernel behind a JAX host callback).  The dispatcher then runs the
     portable implementation, unless ``Impl.NATIVE`` is forced, when it raises this error
     naming the loss."""
 
