@@ -17,7 +17,7 @@ import numpy as np
 
 from ._blocks import _HI, _LO
 
-__all__ = ["sorted_negatives", "ranks", "high_halves", "low_halves"]
+__all__ = ["sorted_negatives", "ranks", "signed", "high_halves", "low_halves"]
 
 _MAX32 = np.uint32(0xFFFFFFFF)
 _MAX64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -59,6 +59,18 @@ def sorted_negatives(bits: np.ndarray, neg: np.ndarray, columns: bool):
         return s, n
     s.sort(axis=1)
     return s, n
+
+
+def signed(vals: np.ndarray, n: np.ndarray | None = None) -> bool:
+    """Whether a bit pattern has its sign bit set (a value below zero, ``-0.0`` or a
+    negative NaN: not ordered by its bits): among ``vals`` (1-D), or among the sorted rows'
+    first ``n[r]`` entries (the sign bit sorts last: their last entries)."""
+    if n is None:
+        return bool(vals.size) and int(vals.max()) >= 0x80000000
+    if vals.shape[1] == 0:
+        return False
+    last = vals[np.arange(vals.shape[0]), np.maximum(n - 1, 0)]
+    return bool(np.any((last >= 0x80000000) & (n > 0)))
 
 
 def high_halves(s: np.ndarray) -> np.ndarray:

@@ -302,11 +302,11 @@ def _forward_sorted(db, pb, nb, out, count, m):
     rows, C = v.shape
     at = np.flatnonzero(pb)  # the positives (flat, row-major)
     tau = _blocks.thresholds(v.reshape(-1)[at], m)
-    if not (_blocks.packable(v) and _blocks.packable(tau.reshape(1, -1))):
-        return _forward_rows(db, pb, nb, out, count, m)
     s, n = _ranks.sorted_negatives(v.view(np.uint32), nb, columns=False)
+    if _ranks.signed(s, n) or _ranks.signed(tau.view(np.uint32)):  # a value below zero
+        return _forward_rows(db, pb, nb, out, count, m)
     M = s.shape[1]
-    qrow = at // C
+    qrow = np.repeat(np.arange(rows), np.count_nonzero(pb, axis=1))
     K = _ranks.ranks(s, n, qrow, tau.view(np.uint32), strict=True)  # #{n: d(a,n) < τ}
     sf = s.view(np.float32)
     if int(n.min(initial=M)) < M:

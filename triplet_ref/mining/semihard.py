@@ -149,8 +149,6 @@ def _many_terms(db, nb, tb, chosen, semi, threaded, m=None, parts=None):
 
 def _sorted_block(db, nb, tb, chosen, semi, m=None, parts=None):
     v = db + db.dtype.type(0)  # -0.0 -> +0.0 (a copy)
-    if not _blocks.packable(v):
-        return _per_row(db, nb, tb, chosen, semi, m, parts)
     rows, C = v.shape
     bits = v.view(np.uint32)
     at = np.flatnonzero(tb)  # the terms (flat, row-major)
@@ -159,9 +157,11 @@ def _sorted_block(db, nb, tb, chosen, semi, m=None, parts=None):
     q = bits.reshape(-1)[at]  # the terms' distances (bits)
     s, n = _ranks.sorted_negatives(bits, nb, columns=True)
     M = s.shape[1]
+    sv = _ranks.high_halves(s) if M else None
+    if _ranks.signed(q) or (M and _ranks.signed(sv, n)):  # a value below zero
+        return _per_row(db, nb, tb, chosen, semi, m, parts)
     none = n[row] == 0 if M == 0 or int(n.min()) == 0 else None  # terms without a negative
     if M:
-        sv = _ranks.high_halves(s)
         # the first negative strictly beyond a term: at its rank #{n: d(a,n) <= d(a,p)}
         k = _ranks.ranks(sv, n, row, q, strict=False)
         strict = k < n[row]
