@@ -301,6 +301,11 @@ def test_semihard_kernel_term_without_negatives(monkeypatch, dtype):
     total, active, n_semi, chosen2 = semihard_forward(d, neg, term, 0.5)
     np.testing.assert_array_equal(chosen2, chosen)
     assert (float(total), int(active), int(n_semi)) == (1.5 + 2.5, 2, 1)
+    # no negative in the whole (sub-)block: every term index 0, its sum against column 0
+    neg[:] = False
+    total, active, n_semi, chosen = semihard_forward(d, neg, term, 0.5)
+    np.testing.assert_array_equal(chosen, np.zeros((3, 3)))
+    assert (float(total), int(active), int(n_semi)) == (1.5 + 2.5 + 0.5, 3, 0)
 
 
 @pytest.mark.parametrize("values", ["spread", "grid", "equal", "far_tails", "inf_nan"])
@@ -353,3 +358,58 @@ def test_ranks_in_sorted_negatives_match_a_search(values):
                     want = [np.searchsorted(want_sorted[r], x, side="left" if strict else "right")
                             for r, x in zip(qrow, q)]
                     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.longdouble])
+def test_thresholds_step_down_where_dp_plus_m_rounds_up(dtype):
+    """``fl(dp + m)`` can round above the boundary of the oracle's rule (``τ`` one float
+    lower: a margin of the other sign or magnitude than ``dp``); the thresholds (NumPy:
+    bit steps, or ``nextafter`` for ``np.longdouble``; the numba body's scalar ``_tau``)
+    still decide ``(dp − x) + m > 0 ⇔ x < τ`` at ``τ`` and the float below it."""
+    rng = np.random.default_rng(0)
+    down = np.asarray(-np.inf, dtype)
+    lowered = 0
+    for _ in range(300):
+        dp = (rng.random(200) * 10.0 ** rng.integers(-5, 5)).astype(dtype)
+        m = dtype(rng.standard_normal() * 10.0 ** rng.integers(-8, 3))
+        tau = _blocks.thresholds(dp, m)
+        t = dp + m
+        lowered += int(np.count_nonzero((tau < t) & (t > 0)))
+        for x in (tau, np.nextafter(tau, down)):
+            x = np.maximum(x, dtype(0))
+            np.testing.assert_array_equal((dp - x) + m > 0, x < tau)
+        if dtype != np.longdouble and mining.numba_available() and _ < 20:
+            from triplet_ref.mining import _numba_kernels as k
+
+            inf = dtype(np.inf)
+            got = np.array([k._tau(a, m, inf, -inf) for a in dp], dtype=dtype)
+            np.testing.assert_array_equal(got, tau)
+    assert lowered > 0  # the step down ran
+
+
+def test_flat_refuses_a_strided_block():
+    with pytest.raises(RuntimeError, match="not C-contiguous"):
+        _blocks.flat(np.zeros((4, 4))[:, ::2])
+
+
+def test_numba_body_without_numba_raises_import_error(monkeypatch):
+    """numba not importable: ``auto`` runs NumPy, a forced numba body raises ImportError."""
+    import sys
+
+    from triplet_ref.mining import _numba
+
+    assert repr(mining.BATCH_ALL_HINGE.kernel.forward) == "<accelerated kernel batch_all_forward>"
+    monkeypatch.setattr(_numba, "_kernels", None)
+    monkeypatch.setattr(_numba, "_import_error", None)
+    monkeypatch.setitem(sys.modules, "triplet_ref.mining._numba_kernels", None)  # import fails
+    monkeypatch.delattr(mining, "_numba_kernels", raising=False)
+    assert not mining.numba_available()
+    d = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    neg = ~np.eye(2, dtype=bool)
+    term = np.zeros((2, 2), dtype=bool)
+    with mining.force_body("auto"):
+        mining.SEMIHARD_CHOICE.kernel.forward(d, neg, term)  # NumPy
+    with pytest.raises(ImportError, match="numba cannot be imported"):
+        mining.SEMIHARD_CHOICE.kernel.forward.numba(d, neg, term)
+    with mining.force_body("numba"), pytest.raises(ImportError, match="numba"):
+        mining.SEMIHARD_CHOICE.kernel.forward(d, neg, term)

@@ -66,18 +66,6 @@ def _slots(r: np.ndarray, rows: int):
     return np.arange(r.size) - start[r], int(npos.max())
 
 
-def _term_blocks(d: np.ndarray, terms: np.ndarray, neg: np.ndarray):
-    """Per row block holding a term: ``(blk, r, c, d[blk], neg[blk], slot, kmax)`` with the
-    terms' block-local rows and columns and their slots (see :func:`_slots`)."""
-    for blk in _row_blocks(*d.shape):
-        r, c = np.nonzero(terms[blk])
-        if r.size == 0:
-            continue
-        db = d[blk]
-        slot, kmax = _slots(r, db.shape[0])
-        yield blk, r, c, db, neg[blk], slot, kmax
-
-
 def _row_groups(terms: np.ndarray, small_k: int):
     """Per row block, the rows that hold a term, split by their number of terms:
     ``(rows, few)`` pairs, ``rows`` a slice (every row of the block in that group) or an
@@ -221,7 +209,7 @@ def running_sums(x: np.ndarray, reverse: bool = False) -> np.ndarray:
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
+    except AttributeError:  # pragma: no cover (not on Linux)
         return os.cpu_count() or 1
 
 
@@ -280,7 +268,8 @@ def thresholds(dp: np.ndarray, margin) -> np.ndarray:
         a = dp - t
         a += m
         step = a > 0
-        for _ in range(4):  # fl(dp + m) rounded down: τ is the next float up (one step)
+        for _ in range(4):  # pragma: no branch (a guard: it ends by its break)
+            # fl(dp + m) rounded down: τ is the next float up (one step)
             if not step.any():
                 break
             bits += step
@@ -295,10 +284,17 @@ def thresholds(dp: np.ndarray, margin) -> np.ndarray:
             if not step.any():
                 break
             bits -= step
+        else:
+            # a margin of the other sign that cancels most of dp: fl(dp − x) is flat over
+            # many floats x (ulp(dp) ≫ ulp(t)), so τ may lie far below fl(dp + m): bisect
+            # the bit patterns in [+0.0, t] (the rule is monotone in x)
+            at = np.flatnonzero(((dp - (bits - uint.type(1)).view(t.dtype)) + m <= 0) & (t > 0))
+            if at.size:
+                bits[at] = _bisect_down(dp[at], m, bits[at].copy())
         return t
     up = np.asarray(np.inf, dtype=dp.dtype)
     down = np.asarray(-np.inf, dtype=dp.dtype)
-    for _ in range(4):  # two steps at most are ever needed; the rest is a guard
+    for _ in range(4):  # pragma: no branch (a guard: two steps at most are ever needed)
         hold = (dp - t) + m > 0
         if not hold.any():
             break
@@ -309,4 +305,44 @@ def thresholds(dp: np.ndarray, margin) -> np.ndarray:
         if not lower.any():
             break
         t = np.where(lower, prev, t)
+    else:  # τ far below fl(dp + m) (as above): bisect the values in [+0.0, t]
+        at = np.flatnonzero(~((dp - np.nextafter(t, down)) + m > 0) & (t > 0))
+        if at.size:
+            t = t.copy()
+            t[at] = _bisect_down_values(dp[at], m, t[at])
     return t
+
+
+def _bisect_down(dp, m, hi):
+    """The smallest bit pattern ``x`` in ``[+0.0, hi]`` (``hi`` the uint view of floats
+    where the rule fails) with ``(dp − x) + m > 0`` false: ``τ``."""
+    dtype = dp.dtype
+    lo = np.zeros_like(hi)  # +0.0: the rule holds there, else τ = +0.0
+    fails0 = ~((dp - dtype.type(0)) + m > 0)
+    hi = np.where(fails0, lo, hi)
+    one = hi.dtype.type(1)
+    while True:
+        live = hi - lo > one
+        if not live.any():
+            return hi
+        mid = lo + (hi - lo) // hi.dtype.type(2)
+        holds = (dp - mid.view(dtype)) + m > 0
+        lo = np.where(live & holds, mid, lo)
+        hi = np.where(live & ~holds, mid, hi)
+
+
+def _bisect_down_values(dp, m, hi):
+    """:func:`_bisect_down` by values (a dtype without a bit-pattern view: ``np.longdouble``)."""
+    dtype = dp.dtype
+    lo = np.zeros_like(hi)
+    hi = np.where(~((dp - lo) + m > 0), lo, hi)
+    up = np.asarray(np.inf, dtype=dtype)
+    while True:
+        live = np.nextafter(lo, up) < hi
+        if not live.any():
+            return hi
+        mid = lo + (hi - lo) / dtype.type(2)
+        mid = np.where(mid <= lo, np.nextafter(lo, up), np.where(mid >= hi, np.nextafter(hi, -up), mid))
+        holds = (dp - mid) + m > 0
+        lo = np.where(live & holds, mid, lo)
+        hi = np.where(live & ~holds, mid, hi)

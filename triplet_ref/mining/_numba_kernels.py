@@ -37,7 +37,7 @@ _PARALLEL = False  # True: blocks of rows on numba's thread pool
 
 
 @intrinsic
-def _bits(typingctx, x):
+def _bits(typingctx, x):  # pragma: no cover (runs when numba compiles a caller; cached after)
     """The bit pattern of a float32/float64 scalar as int32/int64 (a bitcast)."""
     if not isinstance(x, types.Float):
         return None
@@ -50,7 +50,7 @@ def _bits(typingctx, x):
 
 
 @intrinsic
-def _from_bits(typingctx, i, like):
+def _from_bits(typingctx, i, like):  # pragma: no cover (as _bits)
     """The float of ``like``'s type with bit pattern ``i`` (a bitcast)."""
     if not isinstance(like, types.Float):
         return None
@@ -78,12 +78,12 @@ def _tau(dp, m, up, down):
     """``τ`` with ``(dp − x) + m > 0 ⇔ x < τ`` (``_blocks.thresholds`` for one value,
     in ``dp``'s dtype; ``up``/``down`` are ±inf of that dtype)."""
     t = dp + m
-    for _ in range(4):
+    for _ in range(4):  # pragma: no branch (a guard: it ends by its break)
         if (dp - t) + m > 0:
             t = _next(t, up)
         else:
             break
-    for _ in range(4):
+    for _ in range(4):  # pragma: no branch (a guard, as above)
         prev = _next(t, down)
         if not ((dp - prev) + m > 0) and t > 0:
             t = prev
@@ -120,7 +120,7 @@ def _ordered_keys(a):
 
 
 @overload(_ordered_keys)
-def _ordered_keys_impl(a):
+def _ordered_keys_impl(a):  # pragma: no cover (as _bits)
     itype, flip = (np.int32, np.int32(0x7FFFFFFF)) if a.dtype == types.float32 else \
         (np.int64, np.int64(0x7FFFFFFFFFFFFFFF))
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..losses._common import as_float, count_true, scalar
 from . import _blocks, _numba, _ranks
-from ._blocks import _quiet, _term_blocks
+from ._blocks import _quiet
 from ._dispatch import Kernel, Step
 
 __all__ = ["HINGE", "SOFT", "hinge_rows", "hinge_rows_linear", "soft_rows", "batch_all_forward", "batch_all_backward"]

@@ -199,9 +199,7 @@ def _per_row(db, nb, tb, chosen, semi, m=None, parts=None):
     dps, dns, sts = [], [], []
     for a in range(db.shape[0]):
         cols = np.flatnonzero(tb[a])
-        nc = np.flatnonzero(nb[a])
-        if cols.size == 0:
-            continue
+        nc = np.flatnonzero(nb[a])  # (rows reach here with a term)
         if nc.size == 0:  # not a term's anchor (terms have a negative): index 0
             ch, st = np.zeros(cols.size, dtype=np.int64), np.zeros(cols.size, dtype=bool)
         else:
