@@ -413,3 +413,35 @@ def test_numba_body_without_numba_raises_import_error(monkeypatch):
         mining.SEMIHARD_CHOICE.kernel.forward.numba(d, neg, term)
     with mining.force_body("numba"), pytest.raises(ImportError, match="numba"):
         mining.SEMIHARD_CHOICE.kernel.forward(d, neg, term)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_body_with_nan_negatives(dtype):
+    """The numba body where a row's negatives are NaN: the semi-hard choice takes the first
+    negative when every negative is NaN (never semi-hard), like the NumPy body's choice;
+    the soft backward is NaN at a NaN negative and equals the NumPy body elsewhere."""
+    if not mining.numba_available():
+        pytest.skip("numba is not installed (pip install 'triplet_ref[numba]')")
+    rng = np.random.default_rng(11)
+    y = make_labels("pk4", 24, seed=3)
+    B = y.size
+    x = rng.standard_normal((B, 3))
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)).astype(dtype)
+    pos = (y[:, None] == y[None]) & ~np.eye(B, dtype=bool)
+    neg = y[:, None] != y[None]
+    term = pos & neg.any(1)[:, None]
+    d[2, neg[2]] = np.nan  # row 2: every negative NaN
+    d[5, np.flatnonzero(neg[5])[:3]] = np.nan  # row 5: three NaN negatives
+    chosen, semi = mining.SEMIHARD_CHOICE.kernel.forward.numba(d, neg, term)
+    want, _ = mining.SEMIHARD_CHOICE.kernel.forward.numpy(d, neg, term)
+    first = np.flatnonzero(neg[2])[0]
+    np.testing.assert_array_equal(chosen[2][term[2]], first)
+    assert not semi[2].any()
+    np.testing.assert_array_equal(chosen[term], want[term])
+    m = dtype(0.5)
+    g = rng.standard_normal((B, B)).astype(dtype)
+    L, count, slope = mining.BATCH_ALL_SOFT.kernel.forward.numpy(d, pos, neg, m)
+    got = mining.BATCH_ALL_SOFT.kernel.backward.numba(d, pos, neg, m, g, slope)
+    ref = mining.BATCH_ALL_SOFT.kernel.backward.numpy(d, pos, neg, m, g, slope)
+    assert np.isnan(got[5, np.flatnonzero(neg[5])[:3]]).all()
+    np.testing.assert_allclose(got, ref, rtol=TOL[dtype], atol=TOL[dtype])  # NaN where NaN
