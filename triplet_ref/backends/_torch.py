@@ -342,10 +342,8 @@ _GEMM_ROWS = 512
 _BLOCK = 256
 
 from torch import Tensor  # noqa: E402  (the custom ops' schemas are read from annotations)
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-
 from ..mining import _blocks  # noqa: E402
-from ..mining.sqdist import stripe_kernel  # noqa: E402
+from ..mining.sqdist import StripePass, stripe_kernel  # noqa: E402
 
 
 def _pairs_fn(kind: str):
@@ -474,26 +472,17 @@ def _pairwise_sqdist_numba(x, xc, squared, tau, kernel):
     (the last first), the GEMM of its part on and right of the diagonal into the output,
     then ``kernel`` (epilogue, close-pair test, clamp, square root, zero diagonal and
     mirror in one sweep over cache-sized tiles) on the stripe, its columns split among
-    ``torch.get_num_threads()`` threads (at most the cores) for a large stripe; then the
-    close pairs found are refined (``_refine_found``)."""
+    ``torch.get_num_threads()`` threads (at most the cores) for a large stripe
+    (:class:`~triplet_ref.mining.sqdist.StripePass`); then the close pairs found are
+    refined (``_refine_found``)."""
     n = xc.shape[0]
     d = xc.new_empty((n, n))
     sq = xc.new_empty((n,))
     thr = xc.new_empty((n,))
-    dn, sqn, thn = d.numpy(), sq.numpy(), thr.numpy()
-    workers = max(1, min(torch.get_num_threads(), _blocks.cpu_count()))
-    cap = _FOUND_PER_ROW * n
-    bufs = [(np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, dn.dtype))
-            for _ in range(workers)]
-    counts = [0] * workers
+    workers = min(torch.get_num_threads(), _blocks.cpu_count())
     sqrt = not squared
-    tile = _NUMBA_TILE
-
-    def part(k, g, g2, lo, hi):
-        counts[k] = kernel(dn, sqn, thn, g, g2, lo, hi, tile, sqrt, *bufs[k], counts[k])
-
-    pool = None
-    try:
+    with StripePass(kernel, d.numpy(), sq.numpy(), thr.numpy(), sqrt, _NUMBA_TILE, workers,
+                    _THREAD_MIN, _FOUND_PER_ROW) as sp:
         for g in reversed(range(0, n, _GEMM_ROWS)):
             g2 = min(n, g + _GEMM_ROWS)
             torch.mm(xc[g:g2], xc[g:].t(), out=d[g:g2, g:])
@@ -502,29 +491,15 @@ def _pairwise_sqdist_numba(x, xc, squared, tau, kernel):
                 torch.mul(sq[g:g2], tau, out=thr[g:g2])
             else:
                 thr[g:g2] = float("-inf")  # distances.unrefined(): no pair is close
-            k = min(workers, (n - g) // tile) if (g2 - g) * (n - g) >= _THREAD_MIN else 1
-            if k <= 1:
-                part(0, g, g2, g, n)
-                continue
-            if pool is None:
-                pool = ThreadPoolExecutor(workers - 1)
-            # k column ranges of about equal width (whole tiles), the first in this thread
-            cuts = [g + (n - g) * j // k // tile * tile for j in range(k)] + [n]
-            futures = [pool.submit(part, j, g, g2, cuts[j], cuts[j + 1]) for j in range(1, k)]
-            part(0, g, g2, cuts[0], cuts[1])
-            for f in futures:
-                f.result()  # re-raises a worker's exception
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    if any(c > cap for c in counts):
+            sp.stripe(g, g2)
+    if not sp.count:
+        return d
+    found = sp.found()
+    if found is None:
         # more close pairs than the buffers hold (many duplicates): search the result
         r, c, vals = _candidates(d * d if sqrt else d, thr)
-    elif any(counts):
-        r, c, vals = (torch.from_numpy(np.concatenate([b[j][:counts[k]] for k, b in enumerate(bufs)]))
-                      for j in range(3))
     else:
-        return d
+        r, c, vals = (torch.from_numpy(a) for a in found)
     _refine_found(x, d, thr, r, c, vals, _pairs_fn("sqeuclidean"), sqrt=sqrt)
     return d
 
