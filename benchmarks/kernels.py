@@ -15,7 +15,8 @@ jax rows: every call is a ``jax.jit``-compiled function (compiled before timing,
 to ``block_until_ready``), forward and forward + backward (``jax.value_and_grad`` in the
 embeddings); ``traced`` passes the labels as a jit argument (the usual way; the main
 figure), ``concrete`` closes over them (the labels are constants of the compiled
-function).  ``batch_hard`` has no kernel (both bodies are the same code); ``batch_contrastive``'s is its
+function).  ``batch_hard``'s kernel is its choice step (``mining.HARDEST``: the hardest
+positive and negative per row from ``d`` and the labels); ``batch_contrastive``'s is its
 fused pass over the pairs (``mining.CONTRASTIVE_SUMS``).
 """
 from __future__ import annotations
@@ -193,7 +194,7 @@ def main(argv=None):
 
 
 def _kernels(x, regimes, args):
-    from triplet_ref.mining import batch_all as ba, contrastive as cs, semihard as sh
+    from triplet_ref.mining import batch_all as ba, contrastive as cs, hardest as hd, semihard as sh
 
     d = np.asarray(tr.pairwise_distances(x))
     B = d.shape[0]
@@ -209,7 +210,8 @@ def _kernels(x, regimes, args):
                  ("hinge backward", ba.HINGE.kernel.backward, (d, pos, neg, m, g, count)),
                  ("semi-hard choice", sh.CHOICE.kernel.forward, (d, neg, pos)),
                  ("contrastive sums", cs.SUMS.kernel.forward, (d * d, pos, neg, m)),
-                 ("contrastive grad", cs.SUMS.kernel.backward, (d * d, pos, neg, m, m, m))]
+                 ("contrastive grad", cs.SUMS.kernel.backward, (d * d, pos, neg, m, m, m)),
+                 ("hardest choice", hd.CHOICE.kernel.forward, (d, y, y, np.asarray(0)))]
         if slope is not None:
             cases += [("soft forward", ba.SOFT.kernel.forward, (d, pos, neg, m)),
                       ("soft backward", ba.SOFT.kernel.backward, (d, pos, neg, m, g, slope))]

@@ -99,7 +99,7 @@ class _JaxStep:
         def call(*arrays):
             # the result dtypes are fixed here, at trace time: the callback runs on another
             # thread, where a scoped x64 switch (jax.enable_x64(False)) does not apply
-            shapes = tuple(jax.ShapeDtypeStruct(() if i in k.scalars else arrays[0].shape,
+            shapes = tuple(jax.ShapeDtypeStruct(k.out_shape(i, arrays[0].shape),
                                                 _kind_dtype(kind, arrays[0])) for i, kind in enumerate(k.outputs))
             outs = _host_call(k.forward, shapes, *arrays)
             # inside shard_map a callback's results are typed replicated: type them like

@@ -82,10 +82,8 @@ class _TorchStep:
             return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=_np_dtype(kind, host[0])).reshape(np.shape(r)))
                          for r, kind in zip(res, k.outputs))
 
-        scalars = tuple(k.scalars)
-
         def forward_fake(*args):
-            return tuple(args[0].new_empty(() if i in scalars else args[0].shape, dtype=_dtype_of(kind, args[0]))
+            return tuple(args[0].new_empty(k.out_shape(i, args[0].shape), dtype=_dtype_of(kind, args[0]))
                          for i, kind in enumerate(k.outputs))
 
         fwd = torch.library.custom_op(f"triplet_ref::{step.name}", forward_impl, mutates_args=(),
