@@ -197,6 +197,12 @@ def _vmapped(x) -> bool:
     return False
 
 
+def _wrapped(x) -> bool:
+    """Whether ``x`` is a functorch wrapper (``torch.func`` transforms): no uint8 views or
+    NumPy round trips there, the generic primitives."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def _np_dtype(kind, like):
     return like.dtype if kind == "float" else {"int32": np.int32, "index": np.int64, "bool": np.bool_}[kind]
 
@@ -300,6 +306,36 @@ class TorchBackend(Backend):
 
     def take_rows(self, xp, x, idx):
         return torch.gather(x, -1, idx.to(torch.int64))
+
+    # torch's CPU reductions of bool and integer (B, R) arrays are scalar loops (at
+    # 4096²: ``mask.any(1)`` 10 ms, ``mask & flags[:, None]`` 6 ms, an int32 sum 80 ms);
+    # the same results from uint8 views (0.1 ms, 0.6 ms) and from NumPy's SIMD sum (8 ms)
+    def any_rows(self, xp, mask):
+        if mask.shape[1] == 0 or _wrapped(mask):
+            return super().any_rows(xp, mask)  # (amax has no empty reduction; vmap: generic)
+        return mask.view(torch.uint8).amax(dim=1).view(torch.bool)
+
+    def and_rows(self, xp, mask, flags):
+        if _wrapped(mask) or _wrapped(flags):
+            return super().and_rows(xp, mask, flags)
+        return torch.bitwise_and(mask.view(torch.uint8), flags.view(torch.uint8)[:, None]).view(torch.bool)
+
+    def label_masks(self, xp, labels, device):
+        if labels.device.type != "cpu" or torch.compiler.is_compiling() or _wrapped(labels):
+            return super().label_masks(xp, labels, device)
+        # NumPy's broadcast compare (SIMD) instead of torch's (a scalar loop: 5x slower),
+        # then the diagonal cleared in place: two (B, B) passes instead of five
+        y = labels.numpy()
+        eq = torch.from_numpy(y[:, None] == y[None, :])
+        neg = torch.logical_not(eq)
+        eq.diagonal().fill_(False)
+        return eq, neg
+
+    def sum_ints(self, xp, a, dtype):
+        if a.device.type != "cpu" or torch.compiler.is_compiling() or _wrapped(a) or a.dtype.is_floating_point:
+            return torch.sum(a, dtype=dtype)
+        total = a.numpy().sum(dtype=np.int64)  # exact (int64 accumulation), SIMD
+        return torch.tensor(int(total), dtype=dtype)
 
 
     def value_and_grad(self, fn, x):

@@ -9,7 +9,6 @@ from typing import Any
 from ..backends import Context, resolve
 from ..backends._base import check_bool, check_choice, check_margin
 from ..distances import METRICS, distance_matrix
-from ..masks import label_masks
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -46,7 +45,7 @@ def prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: s
                 "take (embeddings, labels)") from exc
         raise
     d = distance_matrix(ctx, x, metric)
-    pos, neg = label_masks(ctx.xp, y, ctx.device)
+    pos, neg = ctx.backend.label_masks(ctx.xp, y, ctx.device)
     return ctx, x, d, pos, neg, margin
 
 
