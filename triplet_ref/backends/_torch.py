@@ -197,10 +197,13 @@ def _vmapped(x) -> bool:
     return False
 
 
-def _wrapped(x) -> bool:
-    """Whether ``x`` is a functorch wrapper (``torch.func`` transforms): no uint8 views or
-    NumPy round trips there, the generic primitives."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+def _plain(*xs) -> bool:
+    """Whether the tensors ``xs`` are plain eager tensors: not traced by ``torch.compile``
+    and not functorch wrappers (``torch.func`` transforms).  The mask primitives' uint8
+    views and NumPy round trips run on plain tensors only; the generic ones elsewhere."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in xs)
 
 
 def _np_dtype(kind, like):
@@ -311,17 +314,17 @@ class TorchBackend(Backend):
     # 4096²: ``mask.any(1)`` 10 ms, ``mask & flags[:, None]`` 6 ms, an int32 sum 80 ms);
     # the same results from uint8 views (0.1 ms, 0.6 ms) and from NumPy's SIMD sum (8 ms)
     def any_rows(self, xp, mask):
-        if mask.shape[1] == 0 or _wrapped(mask):
+        if mask.shape[1] == 0 or not _plain(mask):
             return super().any_rows(xp, mask)  # (amax has no empty reduction; vmap: generic)
         return mask.view(torch.uint8).amax(dim=1).view(torch.bool)
 
     def and_rows(self, xp, mask, flags):
-        if _wrapped(mask) or _wrapped(flags):
+        if not _plain(mask, flags):
             return super().and_rows(xp, mask, flags)
         return torch.bitwise_and(mask.view(torch.uint8), flags.view(torch.uint8)[:, None]).view(torch.bool)
 
     def label_masks(self, xp, labels, device):
-        if labels.device.type != "cpu" or torch.compiler.is_compiling() or _wrapped(labels):
+        if labels.device.type != "cpu" or not _plain(labels):
             return super().label_masks(xp, labels, device)
         # NumPy's broadcast compare (SIMD) instead of torch's (a scalar loop: 5x slower),
         # then the diagonal cleared in place: two (B, B) passes instead of five
@@ -332,7 +335,7 @@ class TorchBackend(Backend):
         return eq, neg
 
     def sum_ints(self, xp, a, dtype):
-        if a.device.type != "cpu" or torch.compiler.is_compiling() or _wrapped(a) or a.dtype.is_floating_point:
+        if a.device.type != "cpu" or a.dtype.is_floating_point or not _plain(a):
             return torch.sum(a, dtype=dtype)
         total = a.numpy().sum(dtype=np.int64)  # exact (int64 accumulation), SIMD
         return torch.tensor(int(total), dtype=dtype)
