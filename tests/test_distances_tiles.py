@@ -1,6 +1,8 @@
 """The tiled euclidean distance kernels with tiny tiles, so that a small batch crosses many
-of them: torch's stripes (``_torch._GEMM_ROWS`` rows per GEMM, ``_torch._BLOCK`` rows per
-in-place epilogue block, computed bottom-up and mirrored below the diagonal) and JAX's
+of them: torch's stripes (``_torch._GEMM_ROWS`` rows per GEMM, computed bottom-up and
+mirrored below the diagonal; both bodies: the numba stripe pass with ``_torch._NUMBA_TILE``
+columns per tile, the stripe's columns split among threads and its close-pair buffers
+overflowing, and the torch operations with ``_torch._BLOCK`` rows per epilogue block) and JAX's
 CPU mirror (``_jax._MIRROR_TILE``-square tiles copied transposed below the diagonal, the
 close-pair test on the tiles above it), with batch sizes that leave partial tiles.
 
@@ -61,13 +63,31 @@ TORCH_CASES = _cases({((8, 3), "euclidean", "float32"), ((5, 5), "sqeuclidean", 
                      [(8, 3), (5, 5), (4, 16)])
 
 
+@pytest.mark.parametrize("body", ["numpy", "numba"])
 @pytest.mark.parametrize("tiles,metric,dtype", TORCH_CASES)
-def test_torch_stripes(monkeypatch, tiles, metric, dtype):
+def test_torch_stripes(monkeypatch, tiles, metric, dtype, body):
+    """``tiles``: (rows per GEMM stripe, rows per torch epilogue block = columns per numba
+    tile).  The numba body also splits every stripe's columns among 3 threads and, for
+    sqeuclidean, stores no close pair (the overflow: one search of the result instead)."""
     torch = pytest.importorskip("torch")
     from triplet_ref.backends import _torch
+    from triplet_ref.mining import force_body
 
+    if body == "numba":
+        pytest.importorskip("numba")
     monkeypatch.setattr(_torch, "_GEMM_ROWS", tiles[0])
     monkeypatch.setattr(_torch, "_BLOCK", tiles[1])
+    monkeypatch.setattr(_torch, "_NUMBA_TILE", tiles[1])
+    monkeypatch.setattr(_torch, "_THREAD_MIN", 1)
+    monkeypatch.setattr(_torch.torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(_torch._blocks, "cpu_count", lambda: 3)
+    if metric == "sqeuclidean":
+        monkeypatch.setattr(_torch, "_FOUND_PER_ROW", 0)
+    with force_body(body):
+        _check_torch_stripes(torch, metric, dtype)
+
+
+def _check_torch_stripes(torch, metric, dtype):
     x64 = tiled_batch()
     x = torch.tensor(x64, dtype=getattr(torch, dtype), requires_grad=True)
     d = tr.pairwise_distances(x, metric=metric)

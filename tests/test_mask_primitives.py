@@ -77,3 +77,12 @@ def test_sum_ints_exact_past_int32(xp):
     strided = np.arange(60, dtype=np.int32).reshape(6, 10)
     got = be.sum_ints(ns, xp.asarray(strided)[:, ::3], ns.int64)
     assert int(xp.to_numpy(got)) == int(strided[:, ::3].sum())
+
+
+@pytest.mark.parametrize("na,nb", [(5, 9), (0, 4), (3, 0), (12, 12)])
+def test_equal_labels(xp, na, nb):
+    rng = np.random.default_rng(na * 31 + nb)
+    a, b = rng.integers(0, 4, na), rng.integers(0, 4, nb)
+    got = xp.to_numpy(xp.backend.equal_labels(xp.xp, xp.asarray(a), xp.asarray(b)))
+    want = np.array([[u == v for v in b.tolist()] for u in a.tolist()], dtype=bool).reshape(na, nb)
+    np.testing.assert_array_equal(got, want)

@@ -139,6 +139,10 @@ class Backend:
 
         return label_masks(xp, labels, device)
 
+    def equal_labels(self, xp, a, b):
+        """``(len(a), len(b))`` bool: ``a[i] == b[j]`` (resolved label arrays)."""
+        return a[:, None] == b[None, :]
+
     def any_rows(self, xp, mask):
         """``(B,)`` bool: whether each row of the ``(B, R)`` bool ``mask`` has a True."""
         return xp.any(mask, axis=1)

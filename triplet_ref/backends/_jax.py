@@ -49,14 +49,46 @@ def _kind_dtype(kind, like):
     return {"int32": jnp.int32, "index": _int_dtype(), "bool": jnp.bool_}[kind]
 
 
+try:  # zero-copy host calls (jax >= 0.6.1); older versions: pure_callback
+    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:  # pragma: no cover
+    _buffer_callback = None
+
+
+def _host_call(fn, shapes, *arrays):
+    """``fn(*numpy arrays) -> tuple of numpy arrays`` as a JAX operation with results
+    ``shapes`` (``ShapeDtypeStruct``; ``vmap``: sequential).
+
+    ``jax.experimental.buffer_callback`` where JAX has it: ``fn`` reads the operands in
+    XLA's own buffers and its results are copied once into XLA's (zero-copy operands).
+    ``jax.pure_callback`` copies every operand twice on CPU (into a fresh NumPy array,
+    then ``device_put`` into a JAX array, whose copy is slow for arrays that are not
+    64-byte aligned) and every result once more: it is the fallback for older JAX."""
+    dtypes = tuple(np.dtype(s.dtype) for s in shapes)
+    if _buffer_callback is None:  # pragma: no cover
+        def host(*host_arrays):
+            res = fn(*(np.asarray(a) for a in host_arrays))
+            return tuple(np.asarray(r, dtype=dt) for r, dt in zip(res, dtypes))
+
+        return jax.pure_callback(host, shapes, *arrays, vmap_method="sequential")
+
+    def host_buffers(ctx, outs, *ins):
+        res = fn(*(np.asarray(a) for a in ins))
+        for o, r, dt in zip(outs, res, dtypes):
+            # the kernels return 0-d results as NumPy scalars or 0-d arrays
+            np.copyto(np.asarray(o), np.asarray(r, dtype=dt), casting="no")
+
+    return tuple(_buffer_callback(host_buffers, tuple(shapes), vmap_method="sequential")(*arrays))
+
+
 class _JaxStep:
-    """One mining step's NumPy kernel as a JAX function: ``pure_callback`` (with
-    ``vmap_method="sequential"``, so ``jax.vmap`` works) under a ``custom_vjp`` whose
-    backward is the kernel's backward (the gradient of a 0-d input from the spec's
-    slopes), the whole call under one ``jax.jit`` so eager calls compile once per shape
-    instead of on every call.  Forward-mode differentiation (``jax.jvp``,
-    ``jax.hessian``) cannot pass a ``custom_vjp``: it raises :class:`NativeUnsupported`
-    and the dispatcher runs the portable implementation.  Built once per step."""
+    """One mining step's NumPy kernel as a JAX function: a host call (:func:`_host_call`,
+    ``vmap``: sequential) under a ``custom_vjp`` whose backward is the kernel's backward
+    (the gradient of a 0-d input from the spec's slopes), the whole call under one
+    ``jax.jit`` so eager calls compile once per shape instead of on every call.
+    Forward-mode differentiation (``jax.jvp``, ``jax.hessian``) cannot pass a
+    ``custom_vjp``: it raises :class:`NativeUnsupported` and the dispatcher runs the
+    portable implementation.  Built once per step."""
 
     def __init__(self, step):
         k = step.kernel
@@ -64,17 +96,11 @@ class _JaxStep:
         n_in = len(k.inputs)
 
         def call(*arrays):
-            shapes = tuple(jax.ShapeDtypeStruct(() if i in k.scalars else arrays[0].shape,
-                                                _kind_dtype(kind, arrays[0])) for i, kind in enumerate(k.outputs))
             # the result dtypes are fixed here, at trace time: the callback runs on another
             # thread, where a scoped x64 switch (jax.enable_x64(False)) does not apply
-            dtypes = tuple(np.dtype(s.dtype) for s in shapes)
-
-            def host_forward(*host):
-                res = k.forward(*(np.asarray(a) for a in host))
-                return tuple(np.asarray(r, dtype=dt) for r, dt in zip(res, dtypes))
-
-            outs = jax.pure_callback(host_forward, shapes, *arrays, vmap_method="sequential")
+            shapes = tuple(jax.ShapeDtypeStruct(k.out_shape(i, arrays[0].shape),
+                                                _kind_dtype(kind, arrays[0])) for i, kind in enumerate(k.outputs))
+            outs = _host_call(k.forward, shapes, *arrays)
             # inside shard_map a callback's results are typed replicated: type them like
             # d (a shard), or psum/grad would treat them as replicated values
             return tuple(match_vma(o, arrays[0]) for o in outs)
@@ -87,8 +113,7 @@ class _JaxStep:
             return
 
         def host_backward(*arrays):
-            out = k.backward(*(np.asarray(a) for a in arrays))
-            return np.asarray(out, dtype=arrays[0].dtype)
+            return (k.backward(*arrays),)
 
         f = jax.custom_vjp(call)
 
@@ -100,8 +125,8 @@ class _JaxStep:
             arrays, saved = res
             grad = cts[0]
             d = arrays[0]
-            gd = jax.pure_callback(host_backward, jax.ShapeDtypeStruct(d.shape, d.dtype),
-                                   *arrays, grad, *saved, vmap_method="sequential")
+            gd, = _host_call(host_backward, (jax.ShapeDtypeStruct(d.shape, d.dtype),),
+                             *arrays, grad, *saved)
             # inside shard_map: cotangents typed like their primals (manual axes)
             grads = [match_vma(gd, d)] + [None] * (n_in - 1)
             for i, j in k.slopes.items():  # d out0 / d input i = output j, elementwise

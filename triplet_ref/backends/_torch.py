@@ -82,10 +82,8 @@ class _TorchStep:
             return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=_np_dtype(kind, host[0])).reshape(np.shape(r)))
                          for r, kind in zip(res, k.outputs))
 
-        scalars = tuple(k.scalars)
-
         def forward_fake(*args):
-            return tuple(args[0].new_empty(() if i in scalars else args[0].shape, dtype=_dtype_of(kind, args[0]))
+            return tuple(args[0].new_empty(k.out_shape(i, args[0].shape), dtype=_dtype_of(kind, args[0]))
                          for i, kind in enumerate(k.outputs))
 
         fwd = torch.library.custom_op(f"triplet_ref::{step.name}", forward_impl, mutates_args=(),
@@ -323,13 +321,17 @@ class TorchBackend(Backend):
             return super().and_rows(xp, mask, flags)
         return torch.bitwise_and(mask.view(torch.uint8), flags.view(torch.uint8)[:, None]).view(torch.bool)
 
+    def equal_labels(self, xp, a, b):
+        if a.device.type != "cpu" or not _plain(a, b):
+            return super().equal_labels(xp, a, b)
+        # NumPy's broadcast compare (SIMD) instead of torch's (a scalar loop: 5x slower)
+        return torch.from_numpy(np.equal.outer(a.numpy(), b.numpy()))
+
     def label_masks(self, xp, labels, device):
         if labels.device.type != "cpu" or not _plain(labels):
             return super().label_masks(xp, labels, device)
-        # NumPy's broadcast compare (SIMD) instead of torch's (a scalar loop: 5x slower),
-        # then the diagonal cleared in place: two (B, B) passes instead of five
-        y = labels.numpy()
-        eq = torch.from_numpy(y[:, None] == y[None, :])
+        # the compare, then the diagonal cleared in place: two (B, B) passes, not five
+        eq = self.equal_labels(xp, labels, labels)
         neg = torch.logical_not(eq)
         eq.diagonal().fill_(False)
         return eq, neg
@@ -381,6 +383,10 @@ _GEMM_ROWS = 512
 _BLOCK = 256
 
 from torch import Tensor  # noqa: E402  (the custom ops' schemas are read from annotations)
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from ..mining import _blocks  # noqa: E402
+from ..mining.sqdist import stripe_kernel  # noqa: E402
 
 
 def _pairs_fn(kind: str):
@@ -447,6 +453,10 @@ def _pairwise_sqdist(x: Tensor, squared: bool, tau: float) -> Tensor:
     bottom-up, every column of a stripe has it before the stripe's epilogue."""
     xc = x - x[:1]
     n = xc.shape[0]
+    if xc.device.type == "cpu" and n > 1:
+        kernel = stripe_kernel(_NP_DTYPES.get(xc.dtype))
+        if kernel is not None:
+            return _pairwise_sqdist_numba(x, xc.contiguous(), squared, tau, kernel)
     d = xc.new_empty((n, n))
     sq = xc.new_empty((n,))
     thr = xc.new_empty((n,))
@@ -487,6 +497,76 @@ def _pairwise_sqdist(x: Tensor, squared: bool, tau: float) -> Tensor:
     if found:
         r, c, vals = (torch.cat(z) for z in zip(*found))
         _refine_found(x, d, thr, r, c, vals, _pairs_fn("sqeuclidean"), sqrt=not squared)
+    return d
+
+
+#: the dtypes the numba stripe pass runs (others: the torch stripes)
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+#: columns per tile of the numba stripe pass (``_numba_sqdist.sqdist_stripe``)
+_NUMBA_TILE = 128
+#: close pairs the numba pass stores per row on average (more: one search of the result)
+_FOUND_PER_ROW = 16
+#: a stripe's columns are split among threads from this many entries of the stripe on
+_THREAD_MIN = 1 << 18
+
+
+def _pairwise_sqdist_numba(x, xc, squared, tau, kernel):
+    """``_pairwise_sqdist`` with the numba stripe pass: per stripe of ``_GEMM_ROWS`` rows
+    (the last first), the GEMM of its part on and right of the diagonal into the output,
+    then ``kernel`` (epilogue, close-pair test, clamp, square root, zero diagonal and
+    mirror in one sweep over cache-sized tiles) on the stripe, its columns split among
+    ``torch.get_num_threads()`` threads (at most the cores) for a large stripe; then the
+    close pairs found are refined (``_refine_found``)."""
+    n = xc.shape[0]
+    d = xc.new_empty((n, n))
+    sq = xc.new_empty((n,))
+    thr = xc.new_empty((n,))
+    dn, sqn, thn = d.numpy(), sq.numpy(), thr.numpy()
+    workers = max(1, min(torch.get_num_threads(), _blocks.cpu_count()))
+    cap = _FOUND_PER_ROW * n
+    bufs = [(np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, dn.dtype))
+            for _ in range(workers)]
+    counts = [0] * workers
+    sqrt = not squared
+    tile = _NUMBA_TILE
+
+    def part(k, g, g2, lo, hi):
+        counts[k] = kernel(dn, sqn, thn, g, g2, lo, hi, tile, sqrt, *bufs[k], counts[k])
+
+    pool = None
+    try:
+        for g in reversed(range(0, n, _GEMM_ROWS)):
+            g2 = min(n, g + _GEMM_ROWS)
+            torch.mm(xc[g:g2], xc[g:].t(), out=d[g:g2, g:])
+            sq[g:g2] = d[g:g2, g:g2].diagonal()
+            if tau > 0:
+                torch.mul(sq[g:g2], tau, out=thr[g:g2])
+            else:
+                thr[g:g2] = float("-inf")  # distances.unrefined(): no pair is close
+            k = min(workers, (n - g) // tile) if (g2 - g) * (n - g) >= _THREAD_MIN else 1
+            if k <= 1:
+                part(0, g, g2, g, n)
+                continue
+            if pool is None:
+                pool = ThreadPoolExecutor(workers - 1)
+            # k column ranges of about equal width (whole tiles), the first in this thread
+            cuts = [g + (n - g) * j // k // tile * tile for j in range(k)] + [n]
+            futures = [pool.submit(part, j, g, g2, cuts[j], cuts[j + 1]) for j in range(1, k)]
+            part(0, g, g2, cuts[0], cuts[1])
+            for f in futures:
+                f.result()  # re-raises a worker's exception
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if any(c > cap for c in counts):
+        # more close pairs than the buffers hold (many duplicates): search the result
+        r, c, vals = _candidates(d * d if sqrt else d, thr)
+    elif any(counts):
+        r, c, vals = (torch.from_numpy(np.concatenate([b[j][:counts[k]] for k, b in enumerate(bufs)]))
+                      for j in range(3))
+    else:
+        return d
+    _refine_found(x, d, thr, r, c, vals, _pairs_fn("sqeuclidean"), sqrt=sqrt)
     return d
 
 

@@ -2,7 +2,7 @@
 
 The kernels are the "native primitive" for every CPU backend: NumPy calls them directly,
 the torch backend registers them as custom ops for CPU tensors (opaque to torch.compile),
-and the JAX backend reaches them through ``jax.pure_callback`` on CPU.  Inside a kernel
+and the JAX backend reaches them through a host callback (``buffer_callback``) on CPU.  Inside a kernel
 shapes may depend on data (they run eagerly), which lets them skip everything that is
 not a term: only positive pairs are searched.
 

@@ -3,7 +3,7 @@
 A *step* is a piece of a loss that has more than one implementation: its portable
 array-API version (runs on every backend, differentiable wherever the backend is) and,
 optionally, a *native* one — the NumPy kernel of the step, which NumPy calls directly,
-torch reaches through a custom op and JAX through ``pure_callback`` (the bridges in
+torch reaches through a custom op and JAX through a host callback (the bridges in
 ``triplet_ref/backends/`` are built from the step's :class:`Kernel` spec, once, for
 every step alike), or a backend's own native version (torch's distance kernel).
 
@@ -24,7 +24,7 @@ __all__ = ["Impl", "Kernel", "Step", "NativeUnsupported", "force", "forced", "im
 
 class NativeUnsupported(NotImplementedError):
     """A native implementation cannot serve this call (e.g. forward-mode differentiation
-    through a NumPy kernel behind ``jax.pure_callback``).  The dispatcher then runs the
+    through a NumPy kernel behind a JAX host callback).  The dispatcher then runs the
     portable implementation, unless ``Impl.NATIVE`` is forced, when it raises this error
     naming the loss."""
 
@@ -95,6 +95,9 @@ class Kernel:
     differentiated (torch ``create_graph=True``, ``torch.func`` transforms), for a step
     whose first output is not piecewise linear in its inputs (so ``linear`` cannot serve).
 
+    ``rows`` lists the outputs (by position) that hold one value per row of
+    ``inputs[0]``: shape ``(inputs[0].shape[0],)`` (a choice per anchor row).
+
     ``fusible``: the portable version is elementwise maps and reductions only, which a
     tracing compiler fuses into one pass (XLA under ``jax.jit``: faster than a host
     callback); the JAX bridge then runs the kernel on concrete (eager) arrays only.
@@ -110,6 +113,15 @@ class Kernel:
     scalars: tuple[int, ...] = ()
     backward_ad: Callable[..., Any] | None = None
     fusible: bool = False
+    rows: tuple[int, ...] = ()
+
+    def out_shape(self, i: int, shape):
+        """The shape of output ``i`` for a first input of shape ``shape``."""
+        if i in self.scalars:
+            return ()
+        if i in self.rows:
+            return tuple(shape[:1])
+        return shape
 
 
 @dataclass(frozen=True, eq=False)
