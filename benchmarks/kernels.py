@@ -128,6 +128,9 @@ def main(argv=None):
     p.add_argument("--kernels", action="store_true", help="also time the bare kernels (numpy backend)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the repeats (min: steadier on a shared, loaded machine)")
+    p.add_argument("--jax-bridge", choices=("auto", "pure_callback"), default="auto",
+                   help="pure_callback: the JAX bridge's fallback for JAX without buffer_callback "
+                        "(the bridge before it, for a before/after comparison)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch.set_num_threads(N) (0: torch's default); 1 on a loaded machine")
     args = p.parse_args(argv)
@@ -137,12 +140,16 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    if args.jax_bridge == "pure_callback":
+        from triplet_ref.backends import _jax
+
+        _jax._buffer_callback = None  # read when a bridge is traced: every jit below
     regimes = REGIMES if args.labels == "all" else tuple(args.labels.split(","))
     losses = tuple(args.losses.split(","))
     if not mining.numba_available():
         sys.exit("numba is not importable: pip install 'triplet_ref[numba]'")
 
-    print(f"# kernels: NumPy body vs numba body, {args.dtype}, D = {args.dim}, "
+    print(f"# kernels: NumPy body vs numba body, {args.dtype}, D = {args.dim}, jax bridge {args.jax_bridge}, "
           f"{os.cpu_count()} CPUs, numba {__import__('numba').__version__}")
     print(f"{'backend':12s} {'mode':7s} {'B':>5s} {'labels':20s} {'loss':18s} "
           f"{'numpy ms':>9s} {'numba ms':>9s} {'speed-up':>8s} {'ratio np':>8s} {'ratio nb':>8s}  target")

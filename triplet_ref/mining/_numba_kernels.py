@@ -134,6 +134,26 @@ def _ordered_keys_impl(a):
     return impl
 
 
+if nb.config.DISABLE_JIT:  # pragma: no cover
+    # NUMBA_DISABLE_JIT=1 (the README's coverage recipe runs the bodies as Python so that
+    # coverage.py sees them): the bitcasts above are compiled-only intrinsics and overloads
+    def _bits(x):
+        x = np.asarray(x)
+        return x.view(np.int32 if x.dtype == np.float32 else np.int64)[()]
+
+    def _from_bits(i, like):
+        like = np.asarray(like)
+        itype = np.int32 if like.dtype == np.float32 else np.int64
+        return np.asarray(i).astype(itype).view(like.dtype)[()]
+
+    def _ordered_keys(a):
+        itype, flip = (np.int32, np.int32(0x7FFFFFFF)) if a.dtype == np.float32 else \
+            (np.int64, np.int64(0x7FFFFFFFFFFFFFFF))
+        k = a.view(itype)
+        k[k < 0] ^= flip
+        return k
+
+
 @nb.njit(**_JIT)
 def _min_above(keys, nn, t, big):
     """The smallest ``keys[j] > t`` over ``keys[:nn]`` (``big`` when none): an integer
