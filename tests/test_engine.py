@@ -76,15 +76,20 @@ LOSSES = [
     Loss("batch_semihard", tr.batch_semihard, O.batch_semihard, M.SEMIHARD_CHOICE),
     Loss("batch_hard", tr.batch_hard, O.batch_hard, M.SQDIST),
     Loss("batch_contrastive", tr.batch_contrastive, O.batch_contrastive, M.CONTRASTIVE_SUMS),
+    # batch_hard's own choice step (the entry above forces the distances)
+    Loss("batch_hard_choice", tr.batch_hard, O.batch_hard, M.HARDEST),
+    Loss("batch_hard_soft", tr.batch_hard, O.batch_hard, M.HARDEST, soft=True),
 ]
 
 # which backends have which native steps on CPU: a bridge that stops registering (and
 # would silently shrink this suite to the portable path) fails here
 NATIVE_ON_CPU = {
-    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums"},
+    "numpy": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums",
+              "hardest"},
     "torch": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "sqdist",
-              "contrastive_sums"},
-    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums"},
+              "contrastive_sums", "hardest"},
+    "jax": {"batch_all_hinge", "batch_all_soft", "semihard_choice", "semihard_sums", "contrastive_sums",
+            "hardest"},
     "array_api_strict": set(),
 }
 
@@ -197,7 +202,7 @@ def test_forced_implementation_float32_ties_exact(request, xp, regime, impl):
     X = xp.asarray(x, "float32")
     for loss in LOSSES:
         step = _steps_for(xp, loss, impl, X)
-        if step is None or loss.id in ("batch_all_soft", "batch_contrastive"):
+        if step is None or loss.id in ("batch_all_soft", "batch_contrastive", "batch_hard_soft"):
             continue  # softplus is not exact; contrastive has no metric (its √ is not exact)
         with _force(impl, step):
             got, info = loss.fn(y, X, 1.0, metric="sqeuclidean", return_info=True)
@@ -316,6 +321,55 @@ def test_native_kernels_in_many_row_blocks(monkeypatch, regime, rows_per_block):
         assert float(np.sum(g.numpy() * _direction(x.shape, k))) == pytest.approx(want, rel=1e-5, abs=1e-5)
 
 
+def _hardest_loops(d, y, Y, offset):
+    """The batch-hard choice by the oracle's rule (``oracles._argbest``: ties to the
+    smallest index, the first NaN wins), 0 where a row has no positive / negative."""
+    B, R = d.shape
+    hp, hn, valid = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, bool)
+    for a in range(B):
+        P = [(j, float(d[a, j])) for j in range(R) if Y[j] == y[a] and j != a + offset]
+        N = [(j, float(d[a, j])) for j in range(R) if Y[j] != y[a]]
+        hp[a] = O._argbest(P, largest=True)[0] if P else 0
+        hn[a] = O._argbest(N, largest=False)[0] if N else 0
+        valid[a] = bool(P and N)
+    return hp, hn, valid
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hardest_kernel_ties_nan_and_own_columns(monkeypatch, dtype):
+    """The batch-hard choice (both kernel bodies, the NumPy body in many row blocks, and
+    the portable version) on a rectangular ``(B, R)`` problem with many exact ties (±0
+    among them) and NaN distances (either sign bit), against plain loops, for own-column offsets inside, partly beyond and
+    wholly beyond the candidates (a reference set: ``offset = R``)."""
+    from triplet_ref.backends._base import resolve
+    from triplet_ref.mining import hardest as H
+
+    rng = np.random.default_rng(5)
+    B, R = 23, 37
+    d = rng.integers(0, 4, size=(B, R)).astype(dtype)
+    d[rng.random((B, R)) < 0.04] = np.nan
+    d[rng.random((B, R)) < 0.02] = -np.float64(np.nan)  # a NaN with its sign bit set
+    d[(d == 0) & (rng.random((B, R)) < 0.5)] = -0.0  # ties with +0.0
+    y = rng.integers(0, 4, size=B)
+    Y = np.concatenate([y, rng.integers(0, 5, size=R - B)])
+    Y[-3:] = 9  # a class only among the candidates
+    y[:2] = 11  # anchors without a positive
+    ctx, D, _ = resolve(d, None, None)
+    for offset in (0, 5, 20, R):
+        want = _hardest_loops(d, y, Y, offset)
+        off = np.asarray(offset, dtype=np.int64)
+        got = {"portable": H.choose(ctx, D, y, Y, off)}
+        got["numpy"] = H.hardest(d, y, Y, off)
+        if M.numba_available():
+            got["numba"] = H.CHOICE.kernel.forward.numba(d, y.astype(np.int32), Y.astype(np.int32), off)
+        with monkeypatch.context() as mp:
+            mp.setattr(H, "_BLOCK", 3 * R)  # 3 rows per block
+            got["numpy-blocks"] = H.hardest(d, y, Y, off)
+        for body, res in got.items():
+            for g, w, what in zip(res, want, ("hp", "hn", "valid")):
+                np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"{body} offset={offset} {what}")
+
+
 def _soft_rows_loops(d, pos, neg, m):
     """Plain loops (float64): the batch-all softplus row sums, their margin slopes and counts."""
     B, R = d.shape
@@ -427,7 +481,7 @@ def test_hypothesis_native_and_portable_equal_the_oracle(request, dtype):
     def check(y, seed, margin, dim):
         x = np.random.default_rng(seed).integers(-3, 4, size=(y.size, dim)).astype(np.float64)
         X = x.astype(dtype)
-        for loss in LOSSES[:3]:
+        for loss in (*LOSSES[:3], LOSSES[5]):
             if loss.id == "batch_all_soft" and dtype == "float32":
                 continue
             want, oinfo = loss.oracle(y, x, margin, metric="sqeuclidean", return_info=True, **loss.kw)
@@ -439,7 +493,8 @@ def test_hypothesis_native_and_portable_equal_the_oracle(request, dtype):
                 with _force(impl, loss.step):
                     got, info = loss.fn(y, X, margin, metric="sqeuclidean", return_info=True, **loss.kw)
                 assert float(got) == pytest.approx(want, rel=1e-6, abs=1e-6), (loss.id, impl)
-                for key in ("num_valid", "num_positive", "semihard_negative"):
+                for key in ("num_valid", "num_positive", "semihard_negative", "hardest_positive",
+                            "hardest_negative", "valid"):
                     if key in oinfo:
                         np.testing.assert_array_equal(np.asarray(info[key]), np.asarray(oinfo[key]),
                                                       err_msg=f"{loss.id} {impl} {key}")

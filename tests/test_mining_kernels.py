@@ -295,3 +295,61 @@ def test_semihard_kernel_term_without_negatives(monkeypatch, dtype):
     chosen, semi = semihard_choice(d, neg, term)
     np.testing.assert_array_equal(chosen, [[0, 0, 0], [2, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(semi, [[False, False, False], [True, False, False], [False] * 3])
+    # the fused sums take those terms with index 0 too: args (1 − 0) + m, (2 − 0) + m, (1 − 3) + m
+    from triplet_ref.mining.semihard_sums import semihard_forward
+
+    total, active, n_semi, chosen2 = semihard_forward(d, neg, term, 0.5)
+    np.testing.assert_array_equal(chosen2, chosen)
+    assert (float(total), int(active), int(n_semi)) == (1.5 + 2.5, 2, 1)
+
+
+@pytest.mark.parametrize("values", ["spread", "grid", "equal", "far_tails", "inf_nan"])
+def test_ranks_in_sorted_negatives_match_a_search(values):
+    """The sorted branches' ranks (pure-NumPy body, ``mining._ranks``): each query's count of
+    the row's negatives below it (strict) or at most it, against ``np.searchsorted`` on the
+    row's sorted negatives — spread values (one scan step), a coarse grid and all-equal
+    values (crowded buckets: the binary search), a few far values (the end buckets), +inf
+    and NaN (their bit patterns order after every finite value), rows with unequal numbers
+    of negatives (padding) or none, and few queries (a binary search each)."""
+    from triplet_ref.mining import _ranks
+
+    rng = np.random.default_rng(7)
+    rows, C = 9, 300
+    v = rng.random((rows, C)) * 10
+    if values == "grid":
+        v = np.round(v)
+    elif values == "equal":
+        v[:] = 2.5
+    elif values == "far_tails":
+        v[:, :4] = 1e6
+    elif values == "inf_nan":
+        v[rng.random((rows, C)) < 0.1] = np.inf
+        v[rng.random((rows, C)) < 0.05] = np.nan
+    v = v.astype(np.float32)
+    bits = v.view(np.uint32)
+    for equal_rows in (True, False):
+        neg = np.zeros((rows, C), dtype=bool)
+        if equal_rows:  # the same count per row: only the negatives are sorted
+            for r in range(rows):
+                neg[r, rng.choice(C, 150, replace=False)] = True
+        else:
+            neg = rng.random((rows, C)) < rng.random((rows, 1))
+            neg[3] = False  # a row without negatives
+        for columns in (False, True):
+            s, n = _ranks.sorted_negatives(bits, neg, columns)
+            sv = _ranks.high_halves(s) if columns else s
+            want_sorted = [np.sort(bits[r][neg[r]]) for r in range(rows)]
+            for r in range(rows):
+                np.testing.assert_array_equal(sv[r, : n[r]], want_sorted[r])
+                if columns:  # ties in column order
+                    cols = np.flatnonzero(neg[r])
+                    order = np.lexsort((cols, bits[r, cols]))
+                    np.testing.assert_array_equal(_ranks.low_halves(s)[r, : n[r]], cols[order])
+            for nq in (3 * rows, rows * C):  # few queries (binary search each) / many (buckets)
+                qrow = np.sort(rng.integers(0, rows, nq))
+                q = bits[qrow, rng.integers(0, C, nq)]
+                for strict in (True, False):
+                    got = _ranks.ranks(sv, n, qrow, q, strict)
+                    want = [np.searchsorted(want_sorted[r], x, side="left" if strict else "right")
+                            for r, x in zip(qrow, q)]
+                    np.testing.assert_array_equal(got, want)

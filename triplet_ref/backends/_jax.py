@@ -74,9 +74,10 @@ def _host_call(fn, shapes, *arrays):
 
     def host_buffers(ctx, outs, *ins):
         res = fn(*(np.asarray(a) for a in ins))
-        for o, r, dt in zip(outs, res, dtypes):
-            # the kernels return 0-d results as NumPy scalars or 0-d arrays
-            np.copyto(np.asarray(o), np.asarray(r, dtype=dt), casting="no")
+        for o, r in zip(outs, res):
+            # cast while copying (an int64 index into JAX's int32 without x64: no
+            # temporary); 0-d results may be NumPy scalars
+            np.copyto(np.asarray(o), r, casting="same_kind")
 
     return tuple(_buffer_callback(host_buffers, tuple(shapes), vmap_method="sequential")(*arrays))
 
@@ -98,7 +99,7 @@ class _JaxStep:
         def call(*arrays):
             # the result dtypes are fixed here, at trace time: the callback runs on another
             # thread, where a scoped x64 switch (jax.enable_x64(False)) does not apply
-            shapes = tuple(jax.ShapeDtypeStruct(() if i in k.scalars else arrays[0].shape,
+            shapes = tuple(jax.ShapeDtypeStruct(k.out_shape(i, arrays[0].shape),
                                                 _kind_dtype(kind, arrays[0])) for i, kind in enumerate(k.outputs))
             outs = _host_call(k.forward, shapes, *arrays)
             # inside shard_map a callback's results are typed replicated: type them like

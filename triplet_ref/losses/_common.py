@@ -9,7 +9,6 @@ from typing import Any
 from ..backends import Context, resolve
 from ..backends._base import check_bool, check_choice, check_margin
 from ..distances import METRICS, distance_matrix
-from ..masks import label_masks
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -29,8 +28,9 @@ def check_loss_args(reduction: str, margin: Any, metric: Any = NO_METRIC) -> Non
 def prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: str, backend: Any):
     """Validate the arguments and compute the shared pieces.
 
-    Returns ``(ctx, x, d, pos, neg, m)``: the context, the embeddings in the compute
-    dtype, the ``(B, B)`` distances, the positive/negative masks and the margin.
+    Returns ``(ctx, x, d, y, m)``: the context, the embeddings in the compute dtype, the
+    ``(B, B)`` distances, the labels (resolved) and the margin (the label masks are
+    built where a loss needs them: :class:`._pairs.Pairs`).
     """
     check_loss_args(reduction, margin, metric)
     if labels is None:
@@ -46,8 +46,7 @@ def prepare(labels: Any, embeddings: Any, margin: Any, metric: str, reduction: s
                 "take (embeddings, labels)") from exc
         raise
     d = distance_matrix(ctx, x, metric)
-    pos, neg = label_masks(ctx.xp, y, ctx.device)
-    return ctx, x, d, pos, neg, margin
+    return ctx, x, d, y, margin
 
 
 def _kind(a: Any) -> tuple[int | None, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends import Context, resolve
@@ -33,21 +33,62 @@ _COUNT = "_chunk_count"
 
 @dataclass
 class Pairs:
+    """The pieces of one batch-loss call.  The ``(B, R)`` label masks ``pos`` / ``neg``
+    are built on first use (from ``y``, ``Y`` and the anchors' own columns): a loss whose
+    mining step takes the labels (batch_hard's :data:`~triplet_ref.mining.HARDEST`)
+    never builds them."""
     ctx: Context
     x: Any            # the anchors (B, D), compute dtype
     d: Any            # (B, R) distances anchors → candidates
-    pos: Any          # (B, R) bool: positive pairs (same label, not the same sample)
-    neg: Any          # (B, R) bool: negative pairs (different label)
+    y: Any            # (B,) the anchors' labels
+    Y: Any            # (R,) the candidates' labels
     margin: Any
     comm: Any = None  # .sum(ctx, partial) -> global sum (None: one process)
     same: Any = None   # (B, R) bool: the pair is the anchor itself (None: no such pair)
     nan_src: Any = None  # an array whose NaN-ness decides the loss's (default: x)
     n_same: int = -1   # pairs excluded as the anchor itself (-1: one per anchor, the batch)
     block: Any = None  # the _Block of one row block of a chunked call (None: a whole call)
+    offset: Any = None  # 0-d index: anchor a's own column is a + offset (None: a, or none when n_same == 0)
+    _masks: Any = field(default=None, init=False, repr=False)
 
     @property
     def distributed(self) -> bool:
         return self.comm is not None
+
+    def _pos_neg(self):
+        if self._masks is None:
+            xp, be = self.ctx.xp, self.ctx.backend
+            if self.n_same != 0 and self.same is None:  # the batch itself (the backend's masks)
+                self._masks = be.label_masks(xp, self.y, self.ctx.device)
+                return self._masks
+            eq = be.equal_labels(xp, self.y, self.Y)
+            if self.n_same == 0:
+                pos = eq
+            elif self.same is not None:
+                pos = eq & ~self.same
+            else:  # the batch itself: the diagonal
+                pos = eq & ~xp.eye(*self.d.shape, dtype=xp.bool, device=self.ctx.device)
+            self._masks = (pos, ~eq)
+        return self._masks
+
+    @property
+    def pos(self):
+        """(B, R) bool: positive pairs (same label, not the same sample)."""
+        return self._pos_neg()[0]
+
+    @property
+    def neg(self):
+        """(B, R) bool: negative pairs (different label)."""
+        return self._pos_neg()[1]
+
+    def own_offset(self):
+        """0-d index array: anchor ``a``'s own column is ``a + offset``; ``R`` (no column)
+        where no pair is the anchor itself (a reference set)."""
+        if self.n_same != 0 and self.offset is not None:
+            return self.offset
+        xp = self.ctx.xp
+        value = self.d.shape[1] if self.n_same == 0 else 0
+        return xp.asarray(value, dtype=self.ctx.backend.index_dtype(xp), device=self.ctx.device)
 
     def num_pairs(self) -> int:
         """The number of (anchor, candidate) pairs that are not the anchor itself."""
@@ -105,8 +146,8 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     has_group = process_group is not None
     has_axis = axis_name is not None
     if not (has_ref or has_group or has_axis):
-        ctx, x, d, pos, neg, m = prepare(labels, embeddings, margin, metric, reduction, backend)
-        return Pairs(ctx, x, d, pos, neg, m)
+        ctx, x, d, y, m = prepare(labels, embeddings, margin, metric, reduction, backend)
+        return Pairs(ctx, x, d, y, y, m)
     check_scaling_args(has_ref, has_group, has_axis)
 
     def validate():
@@ -121,10 +162,9 @@ def prepare_pairs(labels: Any, embeddings: Any, margin: Any, metric: str, reduct
     if has_ref:
         r, ry = resolve_reference(ctx, x, ref_embeddings, ref_labels)
         d = cross_distance_matrix(ctx, x, r, metric)
-        eq = y[:, None] == ry[None, :]
         bad = non_finite(ctx, x, r)  # NaN or ±inf: docs/semantics.md, non-finite input
         nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
-        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0)
+        return Pairs(ctx, x, d, y, ry, margin, nan_src=nan_src, n_same=0)
 
 
 def check_scaling_args(has_ref: bool, has_group: bool, has_axis: bool) -> None:
@@ -238,12 +278,11 @@ def _global_pairs(ctx, x, y, X, Y, offset, margin, metric, comm) -> Pairs:
     same = cols[None, :] == (rows + offset)[:, None]
     # the anchor's own column: exactly 0 (the single-process diagonal), no pair
     d = xp.where(same, scalar(ctx, 0), d)
-    eq = Y[None, :] == y[:, None]
     # NaN anywhere in the global batch: a global count, so that every rank agrees (and JAX
     # sees a replicated value)
     bad = comm.sum(ctx, as_float(ctx, non_finite(ctx, x))) > scalar(ctx, 0)
     nan_src = xp.where(bad, scalar(ctx, float("nan")), scalar(ctx, 0))
-    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, comm=comm, same=same, nan_src=nan_src)
+    return Pairs(ctx, x, d, y, Y, margin, comm=comm, same=same, nan_src=nan_src, offset=offset)
 
 
 def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -> Pairs:
@@ -257,12 +296,11 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
     fused = d is not None and (block.start is not None or not block.exclude_self)
     if d is None:
         d = cross_distance_matrix(ctx, x, X, metric)
-    eq = y[:, None] == Y[None, :]
     nan_src = block.nan_src
     if nan_src is None:
         nan_src = xp.where(non_finite(ctx, x, X), scalar(ctx, float("nan")), scalar(ctx, 0))
     if not block.exclude_self:
-        return Pairs(ctx, x, d, eq, ~eq, margin, nan_src=nan_src, n_same=0, block=block)
+        return Pairs(ctx, x, d, y, Y, margin, nan_src=nan_src, n_same=0, block=block)
     B, R = d.shape
     if block.start is not None:  # a concrete offset: the shifted identity, no index compare
         same = xp.eye(B, R, k=block.start, dtype=xp.bool, device=ctx.device)
@@ -273,7 +311,7 @@ def _block_pairs(labels, embeddings, margin, metric, backend, block: "_Block") -
         same = cols[None, :] == (rows + block.offset)[:, None]
     if not fused:  # the fused kernel zeroes the anchor's own column itself
         d = xp.where(same, scalar(ctx, 0), d)
-    return Pairs(ctx, x, d, eq & ~same, ~eq, margin, same=same, nan_src=nan_src, block=block)
+    return Pairs(ctx, x, d, y, Y, margin, same=same, nan_src=nan_src, block=block, offset=block.offset)
 
 
 def reduce_pairs(P: Pairs, per_term, count, reduction: str):

@@ -1,9 +1,11 @@
 """Batch-hard triplet loss (Hermans, Beyer and Leibe 2017)."""
 from __future__ import annotations
 
-from ..backends import computes_in_full_precision
 from typing import Any
 
+from ..backends import computes_in_full_precision
+from ..mining import run
+from ..mining.hardest import CHOICE as HARDEST
 from ._common import as_float, count_true, finish, hinge, safe_divide, scalar
 from ._pairs import batch_loss, prepare_pairs, reduce_pairs
 
@@ -28,7 +30,8 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
 
     with ``h(x) = max(x, 0)``, or ``softplus(x)`` when ``soft=True`` (the margin is kept:
     pass ``margin=0`` for the soft margin of Hermans et al.). Memory O(B²): one masked
-    max and min per row.
+    max and min per row (the mining step :data:`triplet_ref.mining.HARDEST`: on CPU a
+    NumPy kernel, one pass over each row).
 
     Args:
       labels: ``(B,)`` integer class labels (any integer dtype, any array kind).
@@ -53,17 +56,15 @@ def batch_hard(labels: Any, embeddings: Any, margin: float = 1.0, *, metric: str
     """
     P = prepare_pairs(labels, embeddings, margin, metric, reduction, backend,
                       ref_embeddings, ref_labels, process_group, axis_name)
-    ctx, x, d, pos, neg, m = P.ctx, P.x, P.d, P.pos, P.neg, P.margin
+    ctx, x, d, m = P.ctx, P.x, P.d, P.margin
     xp, be = ctx.xp, ctx.backend
-    inf = scalar(ctx, float("inf"))
-    has_pos = xp.any(pos, axis=1)
-    has_neg = xp.any(neg, axis=1)
-    valid = has_pos & has_neg
-
-    # argmax/argmin return the first (smallest) index among ties on every backend; the
-    # distance is gathered from d so the gradient reaches exactly that one entry.
-    hp_idx = xp.argmax(xp.where(pos, d, -inf), axis=1)
-    hn_idx = xp.argmin(xp.where(neg, d, inf), axis=1)
+    # the hardest positive's and negative's index per row (ties: the smallest; no (B, R)
+    # mask on the native path), then their distances gathered from d: the gradient
+    # reaches exactly those two entries per row
+    hp_idx, hn_idx, valid = run(HARDEST, ctx, d, P.y, P.Y, P.own_offset())
+    idt = be.index_dtype(xp)
+    hp_idx = xp.astype(hp_idx, idt, copy=False)
+    hn_idx = xp.astype(hn_idx, idt, copy=False)
     hp = be.take_rows(xp, d, hp_idx[:, None])[:, 0]
     hn = be.take_rows(xp, d, hn_idx[:, None])[:, 0]
 

@@ -9,7 +9,14 @@ step                     portable (array API)                                  n
 :data:`SEMIHARD_CHOICE`  :func:`.semihard.choose`                              NumPy kernel
 :data:`SEMIHARD_SUMS`    :func:`.semihard_sums.sums`                           NumPy kernel
 :data:`CONTRASTIVE_SUMS` :func:`.contrastive.pair_sums`                        NumPy kernel
+:data:`HARDEST`          :func:`.hardest.choose`                               NumPy kernel
 =======================  ====================================================  ==================
+
+:data:`HARDEST` is batch-hard's choice (both ``soft`` values): from ``d`` and the labels
+(and the anchor's own column, ``a + offset``) the hardest positive's and negative's index
+and the valid flag per row, ``(B,)`` outputs (``Kernel.rows``); its kernel builds no
+``(B, R)`` mask (numba: one pass over each row).  Not differentiable: the loss gathers
+the two distances from ``d``, whose gradient is the backend's scatter.
 
 :data:`SEMIHARD_SUMS` and :data:`CONTRASTIVE_SUMS` are fused reductions: their loss
 sums, margin derivatives and counts are 0-d outputs (``Kernel.scalars``) of one kernel
@@ -52,7 +59,7 @@ __all__ = [
     "Impl", "Kernel", "NativeUnsupported", "Step", "force", "forced", "has_native", "implementation", "run",
     "Body", "body", "force_body", "numba_available",
     "STEPS", "kernel_steps", "SQDIST", "BATCH_ALL_HINGE", "BATCH_ALL_SOFT", "SEMIHARD_CHOICE",
-    "SEMIHARD_SUMS", "CONTRASTIVE_SUMS",
+    "SEMIHARD_SUMS", "CONTRASTIVE_SUMS", "HARDEST",
 ]
 
 _LAZY = {
@@ -61,6 +68,7 @@ _LAZY = {
     "SEMIHARD_CHOICE": ("semihard", "CHOICE"),
     "SEMIHARD_SUMS": ("semihard_sums", "SUMS"),
     "CONTRASTIVE_SUMS": ("contrastive", "SUMS"),
+    "HARDEST": ("hardest", "CHOICE"),
 }
 
 
@@ -76,7 +84,7 @@ def __getattr__(name):
         #: every mining step, by name
         return {s.name: s for s in (SQDIST, __getattr__("BATCH_ALL_HINGE"), __getattr__("BATCH_ALL_SOFT"),
                                     __getattr__("SEMIHARD_CHOICE"), __getattr__("SEMIHARD_SUMS"),
-                                    __getattr__("CONTRASTIVE_SUMS"))}
+                                    __getattr__("CONTRASTIVE_SUMS"), __getattr__("HARDEST"))}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

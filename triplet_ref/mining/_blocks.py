@@ -99,7 +99,7 @@ def _row_groups(terms: np.ndarray, small_k: int):
                 yield blk.start + np.flatnonzero(group), is_few
 
 
-def for_row_groups(terms: np.ndarray, inputs, outputs, few, many, threaded_small_k=None) -> None:
+def for_row_groups(terms: np.ndarray, inputs, outputs, few, many, threaded_small_k=None, small_k=None) -> None:
     """Run ``few(*inputs[rows], *outputs[rows])`` or ``many(..., threaded)`` on each group
     of :func:`_row_groups`; the branch functions write into the (zeroed) output rows they
     are given.  Rows without a term are left as they are.
@@ -107,9 +107,14 @@ def for_row_groups(terms: np.ndarray, inputs, outputs, few, many, threaded_small
     ``threaded``: the call is large (``THREAD_MIN_ELEMENTS``) and there are several cores,
     so the sorted branch runs its sub-blocks in threads; then it beats one pass per term
     from fewer terms on, and anchors with more than ``min(SMALL_K, threaded_small_k)``
-    terms take it (the hinge kernels: measured at B = 4096, float32, 2 cores)."""
+    terms take it (the hinge kernels: measured at B = 4096, float32, 2 cores).  ``small_k``,
+    if given, caps ``SMALL_K`` with or without threads (a kernel whose sorted branch is
+    cheap)."""
     threaded = terms.size >= THREAD_MIN_ELEMENTS and cpu_count() > 1
+    cap = small_k
     small_k = SMALL_K if not threaded or threaded_small_k is None else min(SMALL_K, threaded_small_k)
+    if cap is not None:
+        small_k = min(small_k, cap)
     for rows, is_few in _row_groups(terms, small_k):
         ins = [a[rows] for a in inputs]
         run = few if is_few else (lambda *a: many(*a, threaded))

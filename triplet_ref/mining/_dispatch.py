@@ -95,6 +95,9 @@ class Kernel:
     differentiated (torch ``create_graph=True``, ``torch.func`` transforms), for a step
     whose first output is not piecewise linear in its inputs (so ``linear`` cannot serve).
 
+    ``rows`` lists the outputs (by position) that hold one value per row of
+    ``inputs[0]``: shape ``(inputs[0].shape[0],)`` (a choice per anchor row).
+
     ``fusible``: the portable version is elementwise maps and reductions only, which a
     tracing compiler fuses into one pass (XLA under ``jax.jit``: faster than a host
     callback); the JAX bridge then runs the kernel on concrete (eager) arrays only.
@@ -110,6 +113,15 @@ class Kernel:
     scalars: tuple[int, ...] = ()
     backward_ad: Callable[..., Any] | None = None
     fusible: bool = False
+    rows: tuple[int, ...] = ()
+
+    def out_shape(self, i: int, shape):
+        """The shape of output ``i`` for a first input of shape ``shape``."""
+        if i in self.scalars:
+            return ()
+        if i in self.rows:
+            return tuple(shape[:1])
+        return shape
 
 
 @dataclass(frozen=True, eq=False)

@@ -134,6 +134,26 @@ def _ordered_keys_impl(a):
     return impl
 
 
+if nb.config.DISABLE_JIT:  # pragma: no cover
+    # NUMBA_DISABLE_JIT=1 (the README's coverage recipe runs the bodies as Python so that
+    # coverage.py sees them): the bitcasts above are compiled-only intrinsics and overloads
+    def _bits(x):
+        x = np.asarray(x)
+        return x.view(np.int32 if x.dtype == np.float32 else np.int64)[()]
+
+    def _from_bits(i, like):
+        like = np.asarray(like)
+        itype = np.int32 if like.dtype == np.float32 else np.int64
+        return np.asarray(i).astype(itype).view(like.dtype)[()]
+
+    def _ordered_keys(a):
+        itype, flip = (np.int32, np.int32(0x7FFFFFFF)) if a.dtype == np.float32 else \
+            (np.int64, np.int64(0x7FFFFFFFFFFFFFFF))
+        k = a.view(itype)
+        k[k < 0] ^= flip
+        return k
+
+
 @nb.njit(**_JIT)
 def _min_above(keys, nn, t, big):
     """The smallest ``keys[j] > t`` over ``keys[:nn]`` (``big`` when none): an integer
@@ -791,3 +811,92 @@ def semihard_grad(d, term, chosen, m, g, out):
                 if (d[a, c] - d[a, n]) + m > zero:
                     out[a, c] += g
                     out[a, n] -= g
+
+
+# --- the batch-hard choice (engineer "hard"; mining/hardest.py) ----------------------------
+# One pass over each row: the label compare, the running arg-max over the positives and
+# arg-min over the negatives (first index among ties; the first NaN wins, like
+# numpy.argmax / argmin), no (B, R) temporary.  float32: branch-free (vectorised) on
+# 64-bit keys (the distance's order-preserving bits, then the column), one max and one
+# min reduction; float64 (no room for the column beside 64 bits): a scalar scan.
+
+@nb.njit(**_JIT)
+def _hardest_row_keys(drow, ya, Y, me):
+    """float32: the best positive's and negative's 64-bit keys ``(bits' << 32) | col``
+    (positives: ``~col``, so that the max takes the smallest column among ties)."""
+    best_p = np.uint64(0)  # below every positive's key: none
+    best_n = np.uint64(0xFFFFFFFFFFFFFFFF)  # above every negative's key: none
+    bits = drow.view(np.uint32)
+    low = np.uint64(0xFFFFFFFF)
+    for j in range(drow.shape[0]):
+        b = bits[j]
+        b = np.uint32(0) if (b & np.uint32(0x7FFFFFFF)) == np.uint32(0) else b  # -0.0 -> +0.0
+        # the float order as unsigned order: flip all bits of a negative, the sign of the rest
+        k = b ^ (np.uint32(0xFFFFFFFF) if (b >> np.uint32(31)) != np.uint32(0) else np.uint32(0x80000000))
+        nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        kp = np.uint64(0xFFFFFFFF) if nan else np.uint64(k)  # a NaN wins the max ...
+        kn = np.uint64(0) if nan else np.uint64(k)  # ... and the min
+        col = np.uint64(j)
+        same = Y[j] == ya
+        cp = (kp << np.uint64(32)) | (low - col) if (same and j != me) else np.uint64(0)
+        cn = (kn << np.uint64(32)) | col if not same else np.uint64(0xFFFFFFFFFFFFFFFF)
+        best_p = max(best_p, cp)
+        best_n = min(best_n, cn)
+    return best_p, best_n
+
+
+@nb.njit(**_JIT)
+def _hardest_row_scan(drow, ya, Y, me):
+    """Any float dtype: ``(hp, hn)`` columns by a scalar scan (-1: none)."""
+    bp = -1
+    bn = -1
+    vp = drow[0]
+    vn = drow[0]
+    nan_p = False
+    nan_n = False
+    for j in range(drow.shape[0]):
+        v = drow[j]
+        if Y[j] == ya:
+            if j == me or nan_p:
+                continue
+            if v != v:
+                bp = j
+                nan_p = True
+            elif bp < 0 or v > vp:
+                bp = j
+                vp = v
+        else:
+            if nan_n:
+                continue
+            if v != v:
+                bn = j
+                nan_n = True
+            elif bn < 0 or v < vn:
+                bn = j
+                vn = v
+    return bp, bn
+
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def hardest_keys(d, y, Y, own, hp, hn, valid):
+    """float32 (fewer than 2³² columns): ``hp[a, 0]`` / ``hn[a, 0]``: the column of row
+    ``a``'s largest distance among its positives (``Y[j] == y[a, 0]``, ``j != own[a, 0]``)
+    / smallest among its negatives (0 where there is none); ``valid[a, 0]``: it has both."""
+    low = np.uint64(0xFFFFFFFF)
+    for a in nb.prange(d.shape[0]):
+        kp, kn = _hardest_row_keys(d[a], y[a, 0], Y, own[a, 0])
+        has_p = kp != np.uint64(0)
+        has_n = kn != np.uint64(0xFFFFFFFFFFFFFFFF)
+        hp[a, 0] = np.int64(low - (kp & low)) if has_p else 0
+        hn[a, 0] = np.int64(kn & low) if has_n else 0
+        valid[a, 0] = has_p and has_n
+
+
+@nb.njit(parallel=_PARALLEL, **_JIT)
+def hardest(d, y, Y, own, hp, hn, valid):
+    """:func:`hardest_keys` for any float dtype, by a scalar scan of each row."""
+    for a in nb.prange(d.shape[0]):
+        bp, bn = _hardest_row_scan(d[a], y[a, 0], Y, own[a, 0])
+        hp[a, 0] = bp if bp >= 0 else 0
+        hn[a, 0] = bn if bn >= 0 else 0
+        valid[a, 0] = bp >= 0 and bn >= 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses._common import as_float, count_true, scalar
-from . import _blocks, _numba
+from . import _blocks, _numba, _ranks
 from ._blocks import _quiet, _term_blocks
 from ._dispatch import Kernel, Step
 
@@ -213,6 +213,13 @@ def _soft_rows_blocks(ctx, d, pos, neg, m):
 
 # --- the NumPy kernel ------------------------------------------------------------------
 
+# the forward's sorted branch (the row's negatives sorted by 32-bit keys, the thresholds
+# ranked among them) costs about as much as this many passes over the row: rows with
+# more positives take it (measured at B = 4096, float32: 8 single-threaded; its sub-blocks
+# run in threads where the pass per positive does not, hence fewer with threads)
+FORWARD_SMALL_K = 8
+FORWARD_SMALL_K_THREADED = 6
+
 @_quiet
 def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
     """``L[a, p] = Σ_n max(d(a,p) − d(a,n) + m, 0)`` and
@@ -221,17 +228,18 @@ def batch_all_forward(d: np.ndarray, pos: np.ndarray, neg: np.ndarray, margin):
     Shapes ``(R, C)`` (d float32/float64/longdouble, masks bool); sums accumulate in
     float64.  A term is positive exactly when the oracle's ``d(a,p) − d(a,n) + m > 0`` is:
     ``d(a,n) < τ`` (:func:`._blocks.thresholds`).  Each anchor takes one of three branches
-    by its number of positives K_a: at most ``SMALL_K``, one pass over the row per
-    positive (O(C·K_a)); more, one sort of the row's packed keys (O(C log C), float32
-    distances ``>= 0``); float64, ``np.longdouble`` or negative values, a sort and a
-    search per row (correct everywhere, not fast).
+    by its number of positives K_a: at most ``min(SMALL_K, FORWARD_SMALL_K)``, one pass
+    over the row per positive (O(C·K_a)); more, one sort of the row's negatives (32-bit
+    keys, O(C log C)) and each threshold's rank among them (:func:`._ranks.ranks`) with
+    their running sums (float32 distances ``>= 0``); float64, ``np.longdouble`` or
+    negative values, a sort and a search per row (correct everywhere, not fast).
     """
     R, C = d.shape
     out = np.zeros((R, C), dtype=d.dtype)
     count = np.zeros((R, C), dtype=np.int32)
     m = d.dtype.type(margin)
     _blocks.for_row_groups(pos, (d, pos, neg), (out, count), lambda *a: _forward_few(*a, m),
-                           lambda *a: _forward_many(*a, m), _blocks.SMALL_K_THREADED)
+                           lambda *a: _forward_many(*a, m), FORWARD_SMALL_K_THREADED, FORWARD_SMALL_K)
     return out, count
 
 
@@ -287,22 +295,37 @@ def _forward_many(db, pb, nb, out, count, threaded, m):
 
 
 def _forward_sorted(db, pb, nb, out, count, m):
-    srt = _hinge_rows(db, pb, nb, m)
-    if srt is None:
+    """The row's negatives sorted (32-bit keys: their values' bits; only the negatives when
+    every row of the sub-block has as many), each threshold's rank among them
+    (:func:`._ranks.ranks`: ``#{n: d(a,n) < τ}``, exact) and their running sums."""
+    v = db + db.dtype.type(0)  # -0.0 -> +0.0 (a copy)
+    rows, C = v.shape
+    at = np.flatnonzero(pb)  # the positives (flat, row-major)
+    tau = _blocks.thresholds(v.reshape(-1)[at], m)
+    if not (_blocks.packable(v) and _blocks.packable(tau.reshape(1, -1))):
         return _forward_rows(db, pb, nb, out, count, m)
-    is_neg = srt.category == np.uint32(1)
-    K = np.cumsum(is_neg, axis=1, dtype=np.int32)  # at a threshold: the negatives before it
-    S = _blocks.running_sums((srt.value.view(np.uint32) * is_neg).view(np.float32))  # their sum
-    at = srt.where(0)  # the thresholds, in sorted order
-    src = _blocks.flat(srt.source)[at]  # their columns (flat)
-    Kt = _blocks.flat(K)[at]
-    L = np.take(np.ascontiguousarray(db).reshape(-1), src).astype(np.float64)  # d(a,p)
+    s, n = _ranks.sorted_negatives(v.view(np.uint32), nb, columns=False)
+    M = s.shape[1]
+    qrow = at // C
+    K = _ranks.ranks(s, n, qrow, tau.view(np.uint32), strict=True)  # #{n: d(a,n) < τ}
+    sf = s.view(np.float32)
+    if int(n.min(initial=M)) < M:
+        sf = np.where(np.arange(M)[None, :] < n[:, None], sf, np.float32(0))
+    if M:
+        P = _blocks.running_sums(sf)  # Σ of the first j + 1 sorted negatives
+        idx = qrow * M
+        idx += K
+        idx -= 1
+        S = np.where(K > 0, P.reshape(-1)[np.maximum(idx, 0)], 0.0)
+    else:  # no negative in the sub-block
+        S = 0.0
+    L = np.take(np.ascontiguousarray(db).reshape(-1), at).astype(np.float64)  # d(a,p)
     L += np.float64(m)
-    L *= Kt
-    L -= _blocks.flat(S)[at]
+    L *= K
+    L -= S
     np.maximum(L, 0.0, out=L)
-    _blocks.flat(out)[src] = L
-    _blocks.flat(count)[src] = Kt
+    _blocks.flat(out)[at] = L
+    _blocks.flat(count)[at] = K
 
 
 def _forward_rows(db, pb, nb, out, count, m):

@@ -9,14 +9,16 @@ differentiable (indices); the loss gathers ``d(a, n*)`` from ``d`` itself.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..losses._common import count_true, scalar
-from . import _blocks, _numba
-from ._blocks import _UINT, _quiet
+from . import _blocks, _numba, _ranks
+from ._blocks import _LO, _UINT, _quiet
 from ._dispatch import Kernel, Step
 
-__all__ = ["CHOICE", "choose", "semihard_choice"]
+__all__ = ["CHOICE", "choose", "semihard_choice", "choice_and_sums"]
 
 
 # --- portable (array API) -------------------------------------------------------------
@@ -56,17 +58,45 @@ def semihard_choice(d: np.ndarray, neg: np.ndarray, term: np.ndarray):
 
     Each anchor takes one of three branches by its number of terms K_a: at most
     ``SMALL_K``, one pass over the row per term (O(C·K_a)); more, one sort of the row's
-    packed keys (O(C log C), float32 distances ``>= 0``); float64, ``np.longdouble`` or
+    negatives (packed keys ``bits << 32 | column``) and each term's rank among them
+    (:func:`._ranks.ranks`, float32 distances ``>= 0``); float64, ``np.longdouble`` or
     negative values, a stable argsort per row (correct everywhere, not fast)."""
-    R, C = d.shape
-    chosen = np.zeros((R, C), dtype=np.int64)
-    semi = np.zeros((R, C), dtype=bool)
-    few = _few_terms if d.dtype in _UINT else _per_row
-    _blocks.for_row_groups(term, (d, neg, term), (chosen, semi), few, _many_terms)
+    chosen, semi, _ = choice_and_sums(d, neg, term, None)
     return chosen, semi
 
 
-def _few_terms(db, nb, tb, chosen, semi):
+def choice_and_sums(d: np.ndarray, neg: np.ndarray, term: np.ndarray, margin):
+    """:func:`semihard_choice`'s ``(chosen, semihard)`` and, with a ``margin``, the terms'
+    sums in the same pass over them (:mod:`.semihard_sums`): ``(total, active, n_semi)``
+    with ``arg = (d(a, p) − d(a, n*)) + m`` in ``d``'s dtype, ``total = Σ max(arg, 0)``
+    (float64 partial sums, added exactly: the result does not depend on the order in
+    which the row blocks finish), ``active = #{arg > 0}``, ``n_semi = #semihard``; None
+    without a margin."""
+    R, C = d.shape
+    chosen = np.zeros((R, C), dtype=np.int64)
+    semi = np.zeros((R, C), dtype=bool)
+    parts = None if margin is None else []
+    m = None if margin is None else d.dtype.type(margin)
+    few = _few_terms if d.dtype in _UINT else _per_row
+    _blocks.for_row_groups(term, (d, neg, term), (chosen, semi), lambda *a: few(*a, m=m, parts=parts),
+                           lambda *a: _many_terms(*a, m=m, parts=parts))
+    if parts is None:
+        return chosen, semi, None
+    return chosen, semi, (math.fsum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts))
+
+
+def _add_sums(parts, m, dp, dn, strict):
+    """Append the terms' ``(Σ max(arg, 0), #{arg > 0}, #strict)`` to ``parts`` (if any)."""
+    if parts is None:
+        return
+    arg = dp - dn
+    arg += m
+    h = np.maximum(arg, arg.dtype.type(0))  # NaN stays NaN
+    parts.append((float(np.add.reduce(h, dtype=np.float64)), int(np.count_nonzero(arg > 0)),
+                  int(np.count_nonzero(strict))))
+
+
+def _few_terms(db, nb, tb, chosen, semi, m=None, parts=None):
     """Few terms per anchor: per term slot, the nearest negative beyond it by one integer
     subtraction and one argmin over the distances' bit patterns (non-negative floats order
     like their bits; integer arithmetic is exact, so only equal distances tie, and argmin
@@ -99,71 +129,97 @@ def _few_terms(db, nb, tb, chosen, semi):
         ok = (v > T[:, k]) & (v < np.inf)
         CH[:, k] = np.where(ok, j, fallback)
         ST[:, k] = ok
-    chosen[r, c] = CH[r, slot]
-    semi[r, c] = ST[r, slot]
+    ch, st = CH[r, slot], ST[r, slot]
+    chosen[r, c] = ch
+    semi[r, c] = st
+    _add_sums(parts, m, db[r, c], db[r, ch], st)
 
 
-def _many_terms(db, nb, tb, chosen, semi, threaded):
-    """Many terms per anchor, float32: per row the keys ``(distance, category, column)``
-    sorted once, a negative before a term of equal distance (:mod:`._blocks`).  The
-    nearest negative strictly beyond a term is the first negative after it in that order
-    (the smallest column among equal distances): a reverse running minimum of the
-    negatives' positions gives it for every term at once."""
+def _many_terms(db, nb, tb, chosen, semi, threaded, m=None, parts=None):
+    """Many terms per anchor, float32: per row the negatives sorted once by their keys
+    ``(distance, column)`` (:func:`._ranks.sorted_negatives`), and every term's rank among
+    them (:func:`._ranks.ranks`: the negatives at or below its distance): the negative at
+    that rank is the nearest one strictly beyond it, the smallest column among equal
+    distances."""
     if db.dtype != np.float32:
-        return _per_row(db, nb, tb, chosen, semi)
-    _blocks.sorted_sub_blocks(*db.shape, lambda sl: _sorted_block(db[sl], nb[sl], tb[sl], chosen[sl], semi[sl]),
-                              threaded)
+        return _per_row(db, nb, tb, chosen, semi, m, parts)
+    _blocks.sorted_sub_blocks(
+        *db.shape, lambda sl: _sorted_block(db[sl], nb[sl], tb[sl], chosen[sl], semi[sl], m, parts), threaded)
 
 
-def _sorted_block(db, nb, tb, chosen, semi):
+def _sorted_block(db, nb, tb, chosen, semi, m=None, parts=None):
     v = db + db.dtype.type(0)  # -0.0 -> +0.0 (a copy)
     if not _blocks.packable(v):
-        return _per_row(db, nb, tb, chosen, semi)
+        return _per_row(db, nb, tb, chosen, semi, m, parts)
     rows, C = v.shape
-    # negatives category 0, terms 1: a negative sorts before a term of equal distance, so
-    # the negatives after a term are strictly farther
-    srt = _blocks.SortedRows(v, nb, tb)
-    top = np.uint32(1 << 31)
-    # the position of the first negative at or after each position (>= 2^31: none)
-    nxt = (srt.category != np.uint32(0)).astype(np.uint32)
-    nxt <<= np.uint32(31)
-    nxt |= np.arange(C, dtype=np.uint32)
-    np.minimum.accumulate(nxt[:, ::-1], axis=1, out=nxt[:, ::-1])
-    at = srt.where(1)  # the terms, in sorted order
-    row = at // C
-    base = row * C
-    nt = _blocks.flat(nxt)[at]
-    strict = nt < top
-    np.minimum(nt, np.uint32(C - 1), out=nt)
-    pick = _blocks.flat(srt.source)[base + nt] - base
-    # none beyond: the farthest negative, the first column among equal distances (argmax
-    # takes the first; non-negative floats order like their bits, NaN last as in the sort)
-    nbits = v.view(np.uint32) * nb
-    far = np.argmax(nbits, axis=1)
-    zero = nbits[np.arange(rows), far] == 0  # every negative at distance 0 (or none)
-    far[zero] = np.argmax(nb[zero], axis=1)
-    pick = np.where(strict, pick, far[row])
-    src = _blocks.flat(srt.source)[at]
-    _blocks.flat(chosen)[src] = pick
-    _blocks.flat(semi)[src] = strict
+    bits = v.view(np.uint32)
+    at = np.flatnonzero(tb)  # the terms (flat, row-major)
+    r_all = np.arange(rows)
+    row = np.repeat(r_all, np.count_nonzero(tb, axis=1))
+    q = bits.reshape(-1)[at]  # the terms' distances (bits)
+    s, n = _ranks.sorted_negatives(bits, nb, columns=True)
+    M = s.shape[1]
+    none = n[row] == 0 if M == 0 or int(n.min()) == 0 else None  # terms without a negative
+    if M:
+        sv = _ranks.high_halves(s)
+        # the first negative strictly beyond a term: at its rank #{n: d(a,n) <= d(a,p)}
+        k = _ranks.ranks(sv, n, row, q, strict=False)
+        strict = k < n[row]
+        # none beyond: the farthest negative, the first of its distance (NaN last, as in
+        # the sort); every negative at distance 0: the first negative
+        far = np.maximum(n - 1, 0)  # the last negative, then back over its equals
+        top = sv[r_all, far]
+        while True:
+            back = far > 0
+            back &= sv[r_all, far - 1] == top
+            if not back.any():
+                break
+            far -= back
+        k = np.where(strict, k, far[row])
+        k += row * M  # flat, in the sorted block
+        pick = s.view(np.uint32).reshape(-1)[2 * k + _LO].astype(np.int64)
+        dn = sv.reshape(-1)[k]  # the chosen negative's distance (bits)
+    else:  # no negative in the sub-block
+        strict = np.zeros(at.size, dtype=bool)
+        pick = np.zeros(at.size, dtype=np.int64)
+        dn = None
+    if none is not None:  # a term without a negative (only in direct kernel calls): index 0
+        pick[none] = 0
+    _blocks.flat(chosen)[at] = pick
+    _blocks.flat(semi)[at] = strict
+    if parts is not None:
+        if none is not None:
+            dn = bits.reshape(-1)[row * C + pick]
+        _add_sums(parts, m, q.view(np.float32), dn.view(np.float32), strict)
 
 
-def _per_row(db, nb, tb, chosen, semi):
+def _per_row(db, nb, tb, chosen, semi, m=None, parts=None):
     """Any dtype and sign: per row, its negatives in a stable order (ties by column) and
     every term searched in them."""
+    dps, dns, sts = [], [], []
     for a in range(db.shape[0]):
         cols = np.flatnonzero(tb[a])
         nc = np.flatnonzero(nb[a])
-        if cols.size == 0 or nc.size == 0:  # not a term's anchor (terms have a negative)
+        if cols.size == 0:
             continue
-        dn = db[a, nc] + db.dtype.type(0)  # -0.0 -> +0.0
-        o = np.argsort(dn, kind="stable")
-        srt, order = dn[o], nc[o]
-        k = np.searchsorted(srt, db[a, cols], side="right")  # first strictly farther
-        strict = k < nc.size
-        first_largest = np.searchsorted(srt, srt[-1], side="left")
-        chosen[a, cols] = np.where(strict, order[np.minimum(k, nc.size - 1)], order[first_largest])
-        semi[a, cols] = strict
+        if nc.size == 0:  # not a term's anchor (terms have a negative): index 0
+            ch, st = np.zeros(cols.size, dtype=np.int64), np.zeros(cols.size, dtype=bool)
+        else:
+            dn = db[a, nc] + db.dtype.type(0)  # -0.0 -> +0.0
+            o = np.argsort(dn, kind="stable")
+            srt, order = dn[o], nc[o]
+            k = np.searchsorted(srt, db[a, cols], side="right")  # first strictly farther
+            st = k < nc.size
+            first_largest = np.searchsorted(srt, srt[-1], side="left")
+            ch = np.where(st, order[np.minimum(k, nc.size - 1)], order[first_largest])
+            chosen[a, cols] = ch
+            semi[a, cols] = st
+        if parts is not None:
+            dps.append(db[a, cols])
+            dns.append(db[a, ch])
+            sts.append(st)
+    if parts is not None and dps:
+        _add_sums(parts, m, np.concatenate(dps), np.concatenate(dns), np.concatenate(sts))
 
 
 CHOICE = Step(

@@ -30,7 +30,7 @@ from ..losses._common import as_float, hinge, scalar
 from . import _numba
 from ._blocks import _quiet
 from ._dispatch import Kernel, Step, run
-from .semihard import CHOICE
+from .semihard import CHOICE, choice_and_sums
 
 __all__ = ["SUMS", "sums", "sums_linear", "semihard_forward", "semihard_backward"]
 
@@ -72,19 +72,12 @@ def _terms(d, term, chosen, margin):
     return r, c, n, arg
 
 
-def _post(d, term, chosen, semi, margin):
-    _, _, _, arg = _terms(d, term, chosen, margin)
-    h = np.maximum(arg, d.dtype.type(0))  # NaN stays NaN
-    return (float(np.add.reduce(h, dtype=np.float64)), int(np.count_nonzero(arg > 0)),
-            int(np.count_nonzero(semi)))
-
-
 @_quiet
 def semihard_forward(d: np.ndarray, neg: np.ndarray, term: np.ndarray, margin):
     """``(total, active, n_semi, chosen)`` of ``d`` ``(R, C)`` (float) and the masks
-    ``neg``, ``term`` ``(R, C)`` (bool): the choice kernel's NumPy body, then the terms."""
-    chosen, semi = CHOICE.kernel.forward.numpy(d, neg, term)
-    vals = _post(d, term, chosen, semi, margin)
+    ``neg``, ``term`` ``(R, C)`` (bool): the choice kernel's NumPy body, which sums the
+    terms as it chooses (:func:`.semihard.choice_and_sums`: no second pass over them)."""
+    chosen, _, vals = choice_and_sums(d, neg, term, margin)
     return (*(np.asarray(v, dtype=d.dtype) for v in vals), chosen)
 
 
