@@ -43,11 +43,12 @@ def test_any_rows_and_rows(xp):
         a = xp.asarray(m)
         got_any = xp.to_numpy(be.any_rows(ns, a))
         np.testing.assert_array_equal(got_any, [any(row) for row in m.tolist()])
-        flags = rng.random(m.shape[0]) < 0.5
-        got_and = xp.to_numpy(be.and_rows(ns, a, xp.asarray(flags)))
-        want = np.array([[v and f for v in row] for row, f in zip(m.tolist(), flags)], dtype=bool)
-        np.testing.assert_array_equal(got_and.reshape(m.shape), want.reshape(m.shape))
-        assert got_any.dtype == np.bool_ and got_and.dtype == np.bool_
+        for flags in (rng.random(m.shape[0]) < 0.5, np.ones(m.shape[0], dtype=bool)):
+            got_and = xp.to_numpy(be.and_rows(ns, a, xp.asarray(flags)))
+            want = np.array([[v and f for v in row] for row, f in zip(m.tolist(), flags)], dtype=bool)
+            np.testing.assert_array_equal(got_and.reshape(m.shape), want.reshape(m.shape))
+            assert got_and.dtype == np.bool_
+        assert got_any.dtype == np.bool_
 
 
 def test_any_rows_and_rows_of_strided_views(xp):

@@ -319,6 +319,8 @@ class TorchBackend(Backend):
     def and_rows(self, xp, mask, flags):
         if not _plain(mask, flags):
             return super().and_rows(xp, mask, flags)
+        if mask.device.type == "cpu" and bool(flags.all()):
+            return mask  # every row kept (the usual case: a host check, no (B, R) pass)
         return torch.bitwise_and(mask.view(torch.uint8), flags.view(torch.uint8)[:, None]).view(torch.bool)
 
     def equal_labels(self, xp, a, b):
