@@ -87,3 +87,20 @@ def test_equal_labels(xp, na, nb):
     got = xp.to_numpy(xp.backend.equal_labels(xp.xp, xp.asarray(a), xp.asarray(b)))
     want = np.array([[u == v for v in b.tolist()] for u in a.tolist()], dtype=bool).reshape(na, nb)
     np.testing.assert_array_equal(got, want)
+
+
+def test_count_true(xp):
+    """Counts of a bool mask, all and per row, against a loop (empty shapes and a strided
+    view included)."""
+    rng = np.random.default_rng(3)
+    be, ns = xp.backend, xp.xp
+    m = rng.random((9, 14)) < 0.3
+    cases = [(xp.asarray(m), m), (xp.asarray(m)[:, 2:11], m[:, 2:11]),
+             (xp.asarray(np.zeros((4, 0), dtype=bool)), np.zeros((4, 0), dtype=bool)),
+             (xp.asarray(np.zeros((0, 3), dtype=bool)), np.zeros((0, 3), dtype=bool))]
+    for a, ref in cases:
+        total = be.count_true(ns, a, None, ns.int64)
+        assert total.shape == () and int(xp.to_numpy(total)) == sum(v for row in ref.tolist() for v in row)
+        rows = xp.to_numpy(be.count_true(ns, a, 1, ns.int64))
+        assert rows.dtype == np.int64
+        np.testing.assert_array_equal(rows, [sum(row) for row in ref.tolist()])
