@@ -43,11 +43,12 @@ def test_any_rows_and_rows(xp):
         a = xp.asarray(m)
         got_any = xp.to_numpy(be.any_rows(ns, a))
         np.testing.assert_array_equal(got_any, [any(row) for row in m.tolist()])
-        flags = rng.random(m.shape[0]) < 0.5
-        got_and = xp.to_numpy(be.and_rows(ns, a, xp.asarray(flags)))
-        want = np.array([[v and f for v in row] for row, f in zip(m.tolist(), flags)], dtype=bool)
-        np.testing.assert_array_equal(got_and.reshape(m.shape), want.reshape(m.shape))
-        assert got_any.dtype == np.bool_ and got_and.dtype == np.bool_
+        for flags in (rng.random(m.shape[0]) < 0.5, np.ones(m.shape[0], dtype=bool)):
+            got_and = xp.to_numpy(be.and_rows(ns, a, xp.asarray(flags)))
+            want = np.array([[v and f for v in row] for row, f in zip(m.tolist(), flags)], dtype=bool)
+            np.testing.assert_array_equal(got_and.reshape(m.shape), want.reshape(m.shape))
+            assert got_and.dtype == np.bool_
+        assert got_any.dtype == np.bool_
 
 
 def test_any_rows_and_rows_of_strided_views(xp):
@@ -86,3 +87,20 @@ def test_equal_labels(xp, na, nb):
     got = xp.to_numpy(xp.backend.equal_labels(xp.xp, xp.asarray(a), xp.asarray(b)))
     want = np.array([[u == v for v in b.tolist()] for u in a.tolist()], dtype=bool).reshape(na, nb)
     np.testing.assert_array_equal(got, want)
+
+
+def test_count_true(xp):
+    """Counts of a bool mask, all and per row, against a loop (empty shapes and a strided
+    view included)."""
+    rng = np.random.default_rng(3)
+    be, ns = xp.backend, xp.xp
+    m = rng.random((9, 14)) < 0.3
+    cases = [(xp.asarray(m), m), (xp.asarray(m)[:, 2:11], m[:, 2:11]),
+             (xp.asarray(np.zeros((4, 0), dtype=bool)), np.zeros((4, 0), dtype=bool)),
+             (xp.asarray(np.zeros((0, 3), dtype=bool)), np.zeros((0, 3), dtype=bool))]
+    for a, ref in cases:
+        total = be.count_true(ns, a, None, ns.int64)
+        assert total.shape == () and int(xp.to_numpy(total)) == sum(v for row in ref.tolist() for v in row)
+        rows = xp.to_numpy(be.count_true(ns, a, 1, ns.int64))
+        assert rows.dtype == np.int64
+        np.testing.assert_array_equal(rows, [sum(row) for row in ref.tolist()])

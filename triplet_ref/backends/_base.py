@@ -151,6 +151,13 @@ class Backend:
         """``(B, R)`` bool: ``mask[i, j] and flags[i]`` (``flags``: ``(B,)`` bool)."""
         return mask & flags[:, None]
 
+    def count_true(self, xp, mask, axis, dtype):
+        """The number of True entries of the bool ``mask`` (along ``axis``; None: all) as
+        an integer array of ``dtype``, without a ``mask``-sized integer temporary."""
+        if hasattr(xp, "count_nonzero"):
+            return xp.astype(xp.count_nonzero(mask, axis=axis), dtype, copy=False)
+        return xp.sum(xp.astype(mask, dtype), axis=axis)
+
     def sum_ints(self, xp, a, dtype):
         """``Σ a`` over every entry of the integer array ``a``, exact, as a 0-d array of
         ``dtype`` (an integer dtype wide enough for the sum, or a floating one where the

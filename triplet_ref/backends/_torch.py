@@ -319,6 +319,8 @@ class TorchBackend(Backend):
     def and_rows(self, xp, mask, flags):
         if not _plain(mask, flags):
             return super().and_rows(xp, mask, flags)
+        if mask.device.type == "cpu" and bool(flags.all()):
+            return mask  # every row kept (the usual case: a host check, no (B, R) pass)
         return torch.bitwise_and(mask.view(torch.uint8), flags.view(torch.uint8)[:, None]).view(torch.bool)
 
     def equal_labels(self, xp, a, b):
@@ -335,6 +337,12 @@ class TorchBackend(Backend):
         neg = torch.logical_not(eq)
         eq.diagonal().fill_(False)
         return eq, neg
+
+    def count_true(self, xp, mask, axis, dtype):
+        if mask.device.type != "cpu" or mask.ndim != 2 or axis not in (None, 1) or not _plain(mask):
+            return super().count_true(xp, mask, axis, dtype)
+        # NumPy's count (0.6 ms at 4096², torch's 3.5 ms; per row 5 ms against 41 ms)
+        return torch.from_numpy(np.asarray(np.count_nonzero(mask.numpy(), axis=axis))).to(dtype)
 
     def sum_ints(self, xp, a, dtype):
         if a.device.type != "cpu" or a.dtype.is_floating_point or not _plain(a):
