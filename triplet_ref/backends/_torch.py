@@ -460,7 +460,8 @@ def _pairwise_sqdist(x: Tensor, squared: bool, tau: float) -> Tensor:
     xc = x - x[:1]
     n = xc.shape[0]
     if xc.device.type == "cpu" and n > 1:
-        kernel = stripe_kernel(_NP_DTYPES.get(xc.dtype))
+        dtype = _NP_DTYPES.get(xc.dtype)
+        kernel = stripe_kernel(dtype) if dtype is not None else None
         if kernel is not None:
             return _pairwise_sqdist_numba(x, xc.contiguous(), squared, tau, kernel)
     d = xc.new_empty((n, n))
