@@ -89,6 +89,7 @@ def _step(backend, loss, y, x, mode):
 
 
 STAT = np.median  # --stat min: the minimum (steadier on a loaded machine)
+CLOCK = time.perf_counter  # --clock cpu: the process's CPU time (every thread's, summed)
 
 
 def _median_pair(fns, repeats, min_time):
@@ -99,9 +100,9 @@ def _median_pair(fns, repeats, min_time):
     t_end = time.perf_counter() + min_time
     while len(times[0]) < repeats or (time.perf_counter() < t_end and len(times[0]) < 3 * repeats):
         for f, ts in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             f()
-            ts.append(time.perf_counter() - t0)
+            ts.append(CLOCK() - t0)
     return [float(STAT(ts)) for ts in times]
 
 
@@ -128,21 +129,32 @@ def main(argv=None):
     p.add_argument("--kernels", action="store_true", help="also time the bare kernels (numpy backend)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the repeats (min: steadier on a shared, loaded machine)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: CPU time of the process (threads summed), which other processes' load "
+                        "barely changes; with --torch-threads 1 on a loaded machine")
+    p.add_argument("--jax-bridge", choices=("auto", "pure_callback"), default="auto",
+                   help="pure_callback: the JAX bridge's fallback for JAX without buffer_callback "
+                        "(the bridge before it, for a before/after comparison)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch.set_num_threads(N) (0: torch's default); 1 on a loaded machine")
     args = p.parse_args(argv)
-    global STAT
+    global STAT, CLOCK
     STAT = np.min if args.stat == "min" else np.median
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.torch_threads > 0 and "torch" in args.backends:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    if args.jax_bridge == "pure_callback":
+        from triplet_ref.backends import _jax
+
+        _jax._buffer_callback = None  # read when a bridge is traced: every jit below
     regimes = REGIMES if args.labels == "all" else tuple(args.labels.split(","))
     losses = tuple(args.losses.split(","))
     if not mining.numba_available():
         sys.exit("numba is not importable: pip install 'triplet_ref[numba]'")
 
-    print(f"# kernels: NumPy body vs numba body, {args.dtype}, D = {args.dim}, "
+    print(f"# kernels: NumPy body vs numba body, {args.dtype}, D = {args.dim}, jax bridge {args.jax_bridge}, "
           f"{os.cpu_count()} CPUs, numba {__import__('numba').__version__}")
     print(f"{'backend':12s} {'mode':7s} {'B':>5s} {'labels':20s} {'loss':18s} "
           f"{'numpy ms':>9s} {'numba ms':>9s} {'speed-up':>8s} {'ratio np':>8s} {'ratio nb':>8s}  target")

@@ -105,16 +105,59 @@ def _check_torch_stripes(torch, metric, dtype):
     np.testing.assert_allclose(xt.grad.numpy(), _analytic_grad(x2, W, metric), **tol)
 
 
+# ------------------------------------------------------------------------------ NumPy
+@pytest.mark.parametrize("body", ["numpy", "numba"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_stripes(monkeypatch, metric, dtype, body):
+    """NumPy's in-place finish of the (syrk) Gram matrix: the pure-NumPy blocks, or the
+    numba stripe pass (8-row stripes, 3-column tiles, the columns split among 3 threads;
+    for sqeuclidean no close pair stored: the overflow's search of the result)."""
+    from triplet_ref.backends import _numpy
+    from triplet_ref.mining import _blocks, force_body
+
+    if body == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setattr(_numpy, "_NUMBA_ROWS", 8)
+    monkeypatch.setattr(_numpy, "_NUMBA_TILE", 3)
+    monkeypatch.setattr(_numpy, "_NUMBA_THREAD_MIN", 1)
+    monkeypatch.setattr(_blocks, "cpu_count", lambda: 3)
+    if metric == "sqeuclidean":
+        monkeypatch.setattr(_numpy, "_FOUND_PER_ROW", 0)
+    x64 = tiled_batch()
+    with force_body(body):
+        d = tr.pairwise_distances(x64.astype(dtype), metric=metric)
+    check(d.astype(np.float64), x64, metric, dtype)
+
+
 # ------------------------------------------------------------------------------ JAX
+@pytest.mark.parametrize("body", ["numpy", "numba"])
 @pytest.mark.parametrize("tile,metric,dtype", _cases(
     {(5, "euclidean", "float32")}, [4, 5, 128]))
-def test_jax_mirror(monkeypatch, tile, metric, dtype):
+def test_jax_mirror(monkeypatch, tile, metric, dtype, body):
+    """``body``: ``numpy``, the XLA epilogue and tile mirror (``_MIRROR_TILE``);
+    ``numba``, the numba stripe pass in place on G's buffer (``_NUMBA_ROWS`` rows per
+    stripe, ``_NUMBA_TILE`` columns per tile, the columns split among 3 threads)."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
     from triplet_ref.backends import _jax
+    from triplet_ref.mining import force_body
 
+    if body == "numba":
+        pytest.importorskip("numba")
     monkeypatch.setattr(_jax, "_MIRROR_TILE", tile)
+    monkeypatch.setattr(_jax, "_NUMBA_ROWS", tile + 2)
+    monkeypatch.setattr(_jax, "_NUMBA_TILE", tile)
+    monkeypatch.setattr(_jax, "_NUMBA_THREAD_MIN", 1)
+    from triplet_ref.mining import _blocks
+
+    monkeypatch.setattr(_blocks, "cpu_count", lambda: 3)
+    with force_body(body):
+        _check_jax_mirror(jax, jnp, metric, dtype)
+
+
+def _check_jax_mirror(jax, jnp, metric, dtype):
     x64 = tiled_batch()
     x = jnp.asarray(x64, dtype=dtype)
 
@@ -134,13 +177,14 @@ def test_jax_mirror(monkeypatch, tile, metric, dtype):
 
 
 def test_jax_close_test_matches_full_test():
-    """The tiled close-pair test (upper tiles only) answers as the full fused test does."""
+    """The close-pair test on the tiles the mirror reads (upper tiles only) answers as the
+    full fused test does, and the matrix comes back mirrored."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
     from triplet_ref.backends import _jax
 
-    upper = jax.jit(_jax._any_close_upper, static_argnums=(2, 3))
+    upper = jax.jit(_jax._mirror_upper_close, static_argnums=(2, 3))
 
     rng = np.random.default_rng(3)
     seen = set()
@@ -152,7 +196,11 @@ def test_jax_close_test_matches_full_test():
             w = jnp.asarray(rng.random(n) * 0.25)
             for sqrt in (False, True):
                 want = bool(_jax._any_close(d, w, 1.0, sqrt))
-                assert bool(upper(d, w * 1.0, sqrt, tile)) == want, (n, sqrt)
+                junk = rng.random((n, n))  # below the diagonal: the test reads the upper part
+                full = jnp.asarray(np.where(np.tri(n, k=-1, dtype=bool), junk, np.asarray(d)))
+                got, close = upper(full, w * 1.0, sqrt, tile)
+                assert bool(close) == want, (n, sqrt)
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(d))
                 seen.add(want)
     assert seen == {False, True}  # both answers were exercised
 
@@ -189,9 +237,12 @@ def test_jax_mirror_derivatives_do_not_transpose_the_loop(monkeypatch):
     def f(z):
         return jnp.sum(tr.pairwise_distances(z) * jnp.arange(B * B, dtype=z.dtype).reshape(B, B))
 
-    fwd = loops(jax.make_jaxpr(f)(x).jaxpr)
-    assert fwd >= 1  # the mirror's (and the close test's) loops are in the forward
-    assert loops(jax.make_jaxpr(jax.grad(f))(x).jaxpr) == fwd
+    from triplet_ref.mining import force_body
+
+    with force_body("numpy"):  # the XLA mirror (the numba body's pass is one host call)
+        fwd = loops(jax.make_jaxpr(f)(x).jaxpr)
+        assert fwd >= 1  # the mirror's (and the close test's) loops are in the forward
+        assert loops(jax.make_jaxpr(jax.grad(f))(x).jaxpr) == fwd
     # the mirror's derivatives, both modes, against its definition on a tiny tile
     d = jnp.asarray(np.random.default_rng(3).standard_normal((B, B)), dtype="float32")
     t = jnp.asarray(np.random.default_rng(4).standard_normal((B, B)), dtype="float32")

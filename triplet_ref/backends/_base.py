@@ -130,6 +130,40 @@ class Backend:
     def index_dtype(self, xp):
         return xp.int64
 
+    # -- mask and count reductions of the batch losses (tfwd) ---------------------------
+    def label_masks(self, xp, labels, device):
+        """``(pos, neg)`` ``(B, B)`` bool of resolved ``(B,)`` labels:
+        ``pos[a, p] = (a != p) & (y_a == y_p)``, ``neg[a, n] = y_a != y_n``
+        (:func:`triplet_ref.masks.label_masks`)."""
+        from ..masks import label_masks
+
+        return label_masks(xp, labels, device)
+
+    def equal_labels(self, xp, a, b):
+        """``(len(a), len(b))`` bool: ``a[i] == b[j]`` (resolved label arrays)."""
+        return a[:, None] == b[None, :]
+
+    def any_rows(self, xp, mask):
+        """``(B,)`` bool: whether each row of the ``(B, R)`` bool ``mask`` has a True."""
+        return xp.any(mask, axis=1)
+
+    def and_rows(self, xp, mask, flags):
+        """``(B, R)`` bool: ``mask[i, j] and flags[i]`` (``flags``: ``(B,)`` bool)."""
+        return mask & flags[:, None]
+
+    def count_true(self, xp, mask, axis, dtype):
+        """The number of True entries of the bool ``mask`` (along ``axis``; None: all) as
+        an integer array of ``dtype``, without a ``mask``-sized integer temporary."""
+        if hasattr(xp, "count_nonzero"):
+            return xp.astype(xp.count_nonzero(mask, axis=axis), dtype, copy=False)
+        return xp.sum(xp.astype(mask, dtype), axis=axis)
+
+    def sum_ints(self, xp, a, dtype):
+        """``Σ a`` over every entry of the integer array ``a``, exact, as a 0-d array of
+        ``dtype`` (an integer dtype wide enough for the sum, or a floating one where the
+        backend has no 64-bit integer: ``losses._common.count_dtype``)."""
+        return xp.sum(a, dtype=dtype)
+
     def softplus(self, xp, x):
         """log(1 + exp(x)) without overflow."""
         zero = xp.zeros((), dtype=x.dtype, device=self.device_of(x))

@@ -74,9 +74,10 @@ def _host_call(fn, shapes, *arrays):
 
     def host_buffers(ctx, outs, *ins):
         res = fn(*(np.asarray(a) for a in ins))
-        for o, r, dt in zip(outs, res, dtypes):
-            # the kernels return 0-d results as NumPy scalars or 0-d arrays
-            np.copyto(np.asarray(o), np.asarray(r, dtype=dt), casting="no")
+        for o, r in zip(outs, res):
+            # cast while copying (an int64 index into JAX's int32 without x64: no
+            # temporary); 0-d results may be NumPy scalars
+            np.copyto(np.asarray(o), r, casting="same_kind")
 
     return tuple(_buffer_callback(host_buffers, tuple(shapes), vmap_method="sequential")(*arrays))
 
@@ -237,9 +238,15 @@ class JaxBackend(Backend):
         # shifted rows' squared norms summed from x (equal to G's diagonal up to
         # rounding): read from G's diagonal inside the fused test, XLA gathers them with a
         # stride of B + 1 for every entry, which cost more than the test itself
+        # CPU with numba (the kernels' body selection): the epilogue, the close-pair
+        # test and the mirror as one numba sweep in place on G's buffer, its stripes'
+        # columns split among the cores (_sqdist_numba, a buffer_callback)
         xc = x - x[:1, :]
         w = jnp.sum(xc * xc, axis=1)
-        if _on_cpu(G):
+        if _on_cpu(G) and G.shape[0] > 1 and _numba_sqdist_kernel(G.dtype) is not None:
+            thr = w * tau if tau > 0 else jnp.full_like(w, -jnp.inf)
+            d, close = _sqdist_numba_jit(G, jax.lax.optimization_barrier(sq), thr, sqrt=bool(sqrt))
+        elif _on_cpu(G):
             d, close = _sqdist_mirrored(G, sq, w, tau=float(tau), sqrt=bool(sqrt),
                                         tile=_MIRROR_TILE)
         else:
@@ -322,19 +329,20 @@ for _step in kernel_steps():
 
 
 # --- exact symmetry without a fused transpose (CPU) -------------------------------------
-#: side of the square tiles _mirror_upper copies (transposed in cache) and
-#: _any_close_upper tests: 64-512 measured alike (B = 4096, float32, 2 cores)
+#: side of the square tiles _mirror_upper copies (transposed in cache) and tests for
+#: close pairs: 64-512 measured alike (B = 4096, float32, 2 cores)
 _MIRROR_TILE = 128
 
 
 @partial(jax.jit, static_argnames=("tau", "sqrt", "tile"), donate_argnums=(0,))
 def _sqdist_mirrored(G, sq, w, tau, sqrt, tile):
     """``d_ij = finish(sq_i + sq_j − 2 G_ij)`` above the diagonal, its mirror image below:
-    one fused elementwise pass over ``G`` (no transpose), then :func:`_mirror_upper`.
-    Exactly symmetric whether or not the GEMM's ``G`` is.  Also whether any pair is close
-    (``_any_close`` with weights ``w``; False when ``tau == 0``).  Returns ``(d, close)``:
-    ``(B, B)`` of ``G``'s dtype, a bool scalar.  ``G`` is donated (eager calls: ``d`` is
-    written into its buffer instead of a fresh one; the caller must not use ``G`` again)."""
+    one fused elementwise pass over ``G`` (no transpose), then :func:`_mirror_upper_close`,
+    which also tests, on the tiles it reads anyway, whether any pair is close
+    (``_any_close`` with weights ``w``; False when ``tau == 0``).  Exactly symmetric
+    whether or not the GEMM's ``G`` is.  Returns ``(d, close)``: ``(B, B)`` of ``G``'s
+    dtype, a bool scalar.  ``G`` is donated (eager calls: ``d`` is written into its buffer
+    instead of a fresh one; the caller must not use ``G`` again)."""
     zero = jnp.zeros((), G.dtype)
     # sq materialised first: were it a strided slice of G, XLA would fuse that gather into
     # the loop and redo it for every entry
@@ -342,44 +350,80 @@ def _sqdist_mirrored(G, sq, w, tau, sqrt, tile):
     d2 = jnp.maximum((sq[:, None] + sq[None, :]) - 2 * G, zero)
     n = G.shape[0]
     d2 = jnp.where(jnp.eye(n, dtype=bool), zero, d2)
-    d = _mirror_upper(_safe_sqrt(d2) if sqrt else d2, tile)
-    close = _any_close_upper(d, w * tau, sqrt, tile) if tau > 0 else jnp.zeros((), dtype=bool)
-    return d, close
+    d = _safe_sqrt(d2) if sqrt else d2
+    if tau > 0:
+        return _mirror_upper_close(d, w * tau, sqrt, tile)
+    return _mirror_upper(d, tile), jnp.zeros((), dtype=bool)
 
 
-def _any_close_upper(d, thr, sqrt, tile):
-    """``_any_close`` for an exactly symmetric ``d``: whether any pair ``i < j`` has
-    ``d²_ij < thr_i + thr_j`` (``d`` squared first when ``sqrt``), reading only the tiles
-    on and above the diagonal (a ``lax.fori_loop``; half the reads of the fused test, and
-    XLA's loop is faster per entry too).  A bool scalar."""
+def _mirror_loops(d, thr, sqrt, tile):
+    """The loops of :func:`_mirror_upper` and :func:`_mirror_upper_close`: ``(mirrored d,
+    close)``; ``close`` (a bool scalar) is whether any pair ``i < j`` has ``d²_ij < thr_i +
+    thr_j`` (``d`` squared first when ``sqrt``), tested on each tile the mirror has just
+    written (the copies below the diagonal, the diagonal tiles: no pass of its own);
+    False when ``thr`` is None (no test)."""
     n = d.shape[0]
     bs = tile
     nb = n // bs
     m = nb * bs
+    low = np.tril(np.ones((bs, bs), dtype=bool), -1)
     close = jnp.zeros((), dtype=bool)
 
     def hits(blk, tr, tc, mask):
+        if thr is None:
+            return jnp.zeros((), dtype=bool)
         d2 = blk * blk if sqrt else blk
         return jnp.any((d2 < tr[:, None] + tc[None, :]) & mask)
 
-    if nb > 0:
-        ti, tj = np.triu_indices(nb)
+    def thr_at(s, size):
+        return None if thr is None else jax.lax.dynamic_slice(thr, (s,), (size,))
+
+    if nb > 1:
+        ti, tj = np.tril_indices(nb, -1)  # the tiles below the diagonal: (I, J), I > J
         rows = jnp.asarray(ti * bs, dtype=jnp.int32)
         cols = jnp.asarray(tj * bs, dtype=jnp.int32)
-        upper = np.triu(np.ones((bs, bs), dtype=bool), 1)
 
-        def one_tile(t, close):
-            r, c = rows[t], cols[t]
-            blk = jax.lax.dynamic_slice(d, (r, c), (bs, bs))
-            tr = jax.lax.dynamic_slice(thr, (r,), (bs,))
-            tc = jax.lax.dynamic_slice(thr, (c,), (bs,))
-            return close | hits(blk, tr, tc, (r != c) | upper)
+        def off_diagonal(t, carry):
+            d, close = carry
+            blk = jax.lax.dynamic_slice(d, (cols[t], rows[t]), (bs, bs))
+            d = jax.lax.dynamic_update_slice(d, blk.T, (rows[t], cols[t]))
+            if thr is not None:
+                # the tile just written (the copy is still in cache), not the one read: a
+                # second reader of the tile before the update would cost XLA a copy of
+                # the whole carry at every step
+                new = jax.lax.dynamic_slice(d, (rows[t], cols[t]), (bs, bs))
+                close = close | hits(new, thr_at(rows[t], bs), thr_at(cols[t], bs), True)
+            return d, close
 
-        close = jax.lax.fori_loop(0, ti.shape[0], one_tile, close)
-    if m < n:  # the columns past the last whole tile: pairs (i, j), j >= m, i < j
-        mask = np.arange(n)[:, None] < np.arange(m, n)[None, :]
-        close = close | hits(d[:, m:], thr, thr[m:], mask)
-    return close
+        d, close = jax.lax.fori_loop(0, ti.shape[0], off_diagonal, (d, close))
+    if nb > 0:
+        def diagonal(k, carry):
+            d, close = carry
+            s = k * bs
+            blk = jax.lax.dynamic_slice(d, (s, s), (bs, bs))
+            d = jax.lax.dynamic_update_slice(d, jnp.where(low, blk.T, blk), (s, s))
+            if thr is not None:  # the tile just written (see off_diagonal)
+                new = jax.lax.dynamic_slice(d, (s, s), (bs, bs))
+                close = close | hits(new, thr_at(s, bs), thr_at(s, bs), low)
+            return d, close
+
+        d, close = jax.lax.fori_loop(0, nb, diagonal, (d, close))
+    if m < n:
+        r = n - m
+        corner = d[m:, m:]
+        upper = np.triu(np.ones((r, r), dtype=bool), 1)
+        if thr is not None:
+            close = (close | hits(d[:m, m:], thr[:m], thr[m:], True)
+                     | hits(corner, thr[m:], thr[m:], upper))
+        d = d.at[m:, :m].set(d[:m, m:].T)
+        d = d.at[m:, m:].set(jnp.where(upper.T, corner.T, corner))
+    return d, close
+
+
+def _mirror_tangent(t):
+    n = t.shape[0]
+    upper = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) <= jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    return jnp.where(upper, t, t.T)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -392,43 +436,99 @@ def _mirror_upper(d, tile):
     one ``where`` over ``d`` and ``d.T``: reverse mode transposes that, not the loop (the
     loop's transpose copied the whole ``(B, B)`` carry at every one of its steps under
     ``jax.jit``: ``jax.grad`` of the distances took 8x longer)."""
-    n = d.shape[0]
-    bs = tile
-    nb = n // bs
-    m = nb * bs
-    low = np.tril(np.ones((bs, bs), dtype=bool), -1)
-    if nb > 1:
-        ti, tj = np.tril_indices(nb, -1)  # the tiles below the diagonal: (I, J), I > J
-        rows = jnp.asarray(ti * bs, dtype=jnp.int32)
-        cols = jnp.asarray(tj * bs, dtype=jnp.int32)
-
-        def off_diagonal(t, d):
-            blk = jax.lax.dynamic_slice(d, (cols[t], rows[t]), (bs, bs))
-            return jax.lax.dynamic_update_slice(d, blk.T, (rows[t], cols[t]))
-
-        d = jax.lax.fori_loop(0, ti.shape[0], off_diagonal, d)
-    if nb > 0:
-        def diagonal(k, d):
-            s = k * bs
-            blk = jax.lax.dynamic_slice(d, (s, s), (bs, bs))
-            return jax.lax.dynamic_update_slice(d, jnp.where(low, blk.T, blk), (s, s))
-
-        d = jax.lax.fori_loop(0, nb, diagonal, d)
-    if m < n:
-        r = n - m
-        corner = d[m:, m:]
-        d = d.at[m:, :m].set(d[:m, m:].T)
-        upper = np.triu(np.ones((r, r), dtype=bool), 1)
-        d = d.at[m:, m:].set(jnp.where(upper.T, corner.T, corner))
-    return d
+    return _mirror_loops(d, None, False, tile)[0]
 
 
 @_mirror_upper.defjvp
 def _mirror_upper_jvp(tile, primals, tangents):
     (d,), (t,) = primals, tangents
-    n = d.shape[0]
-    upper = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) <= jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
-    return _mirror_upper(d, tile), jnp.where(upper, t, t.T)
+    return _mirror_upper(d, tile), _mirror_tangent(t)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _mirror_upper_close(d, thr, sqrt, tile):
+    """``(_mirror_upper(d, tile), close)``: also whether any pair ``i < j`` has ``d²_ij <
+    thr_i + thr_j`` (``d`` squared first when ``sqrt``), tested on the tiles the mirror
+    writes (``_mirror_loops``).  The same derivative as :func:`_mirror_upper` (``close``:
+    none; ``thr``'s tangent is not used)."""
+    return _mirror_loops(d, thr, sqrt, tile)
+
+
+@_mirror_upper_close.defjvp
+def _mirror_upper_close_jvp(sqrt, tile, primals, tangents):
+    (d, thr), (t, _) = primals, tangents
+    out = _mirror_upper_close(d, thr, sqrt, tile)
+    return out, (_mirror_tangent(t), np.zeros((), dtype=jax.dtypes.float0))
+
+
+# --- the numba stripe pass in place on G (CPU, numba selected) ---------------------------
+#: rows per stripe and columns per tile of the numba pass (_numba_sqdist.sqdist_stripe)
+_NUMBA_ROWS = 512
+_NUMBA_TILE = 128
+#: a stripe's columns are split among the cores from this many entries of the stripe on
+_NUMBA_THREAD_MIN = 1 << 18
+
+
+def _numba_sqdist_kernel(dtype):
+    """The numba stripe kernel for ``dtype`` when the kernels' body selection picks numba
+    and JAX has ``buffer_callback`` (the pass works in place on XLA's buffer), else None."""
+    if _buffer_callback is None:  # pragma: no cover
+        return None
+    from ..mining.sqdist import stripe_kernel
+
+    return stripe_kernel(np.dtype(dtype))
+
+
+def _numba_host(sqrt):
+    def host(ctx, outs, G, sq, thr):
+        from ..mining import _blocks
+        from ..mining.sqdist import StripePass
+
+        d_out, count_out = outs
+        d = np.asarray(d_out)  # G's buffer (input_output_aliases): the Gram products
+        n = d.shape[0]
+        kernel = _numba_sqdist_kernel(d.dtype)
+        # sq, thr: writable copies (n entries; the kernel is compiled for writable arrays)
+        sq = np.array(np.asarray(sq), copy=True)
+        thr = np.array(np.asarray(thr), copy=True)
+        with StripePass(kernel, d, sq, thr, sqrt, _NUMBA_TILE, _blocks.cpu_count(),
+                        _NUMBA_THREAD_MIN, 0) as sp:
+            for g in range(0, n, _NUMBA_ROWS):
+                sp.stripe(g, min(n, g + _NUMBA_ROWS))
+        np.asarray(count_out)[...] = min(sp.count, 2 ** 31 - 1)
+
+    return host
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _sqdist_numba(G, sq, thr, sqrt):
+    """``(d, close)`` as :func:`_sqdist_mirrored` returns them, by the numba stripe pass
+    (``_numba_sqdist.sqdist_stripe``) in place on ``G``'s buffer through
+    ``jax.experimental.buffer_callback`` (``vmap``: sequential): ``d_ij = d_ji =
+    finish(sq_i + sq_j − 2 G_ij)`` for ``i < j`` from ``G``'s upper triangle, 0 on the
+    diagonal; ``close``: some pair has ``d²_ij < thr_i + thr_j`` (``thr = -inf``: none).
+    Derivative (:func:`_sqdist_numba_jvp`): that of the same formula on the upper
+    triangle, mirrored, 0 where ``d == 0``."""
+    shapes = (jax.ShapeDtypeStruct(G.shape, G.dtype), jax.ShapeDtypeStruct((), jnp.int32))
+    d, count = _buffer_callback(_numba_host(sqrt), shapes, input_output_aliases={0: 0},
+                                vmap_method="sequential")(G, sq, thr)
+    return match_vma(d, G), match_vma(count > 0, G)
+
+
+@_sqdist_numba.defjvp
+def _sqdist_numba_jvp(sqrt, primals, tangents):
+    (G, sq, thr), (tG, tsq, _) = primals, tangents
+    d, close = _sqdist_numba(G, sq, thr, sqrt)
+    zero = jnp.zeros((), d.dtype)
+    t2 = (tsq[:, None] + tsq[None, :]) - 2 * tG
+    pos = d > zero
+    if sqrt:
+        t2 = t2 / (2 * jnp.where(pos, d, jnp.ones((), d.dtype)))
+    return (d, close), (_mirror_tangent(jnp.where(pos, t2, zero)), np.zeros(close.shape, dtype=jax.dtypes.float0))
+
+
+#: one compiled call per shape, eager calls included; G donated (the pass reuses its buffer)
+_sqdist_numba_jit = jax.jit(_sqdist_numba, static_argnames=("sqrt",), donate_argnums=(0,))
 
 
 # --- close-pair refinement with static shapes (eager, jax.jit, GPU) --------------------

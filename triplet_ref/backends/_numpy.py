@@ -61,8 +61,16 @@ class NumpyBackend(Backend):
     def sqdist_from_gram(self, xp, x, G, sq, tau, pairs, sqrt):
         # gram_to_sqdist + refine_sqdist + finish_sqdist fused, one cache-sized block of
         # rows at a time (one pass over G in memory instead of five); G is a fresh,
-        # exactly symmetric (syrk) intermediate, so the work is done in place
+        # exactly symmetric (syrk) intermediate, so the work is done in place.  With
+        # numba (the kernels' body selection): the numba stripe pass instead, its columns
+        # split among the cores (_sqdist_numba)
         n = G.shape[0]
+        if n > 1 and isinstance(G, np.ndarray) and G.flags.c_contiguous and G.flags.writeable:
+            from ..mining.sqdist import stripe_kernel
+
+            kernel = stripe_kernel(G.dtype)
+            if kernel is not None:
+                return _sqdist_numba(kernel, x, G, sq, tau, pairs, sqrt)
         thr = sq * tau
         screen = thr + (thr.max() if n else 0)
         found = []
@@ -143,6 +151,41 @@ class NumpyBackend(Backend):
 
 
 BACKEND = NumpyBackend()
+
+#: rows per stripe, columns per tile of the numba pass; stripes split among threads from
+#: this many entries on; close pairs stored per row on average (more: one search of d)
+_NUMBA_ROWS = 512
+_NUMBA_TILE = 128
+_NUMBA_THREAD_MIN = 1 << 18
+_FOUND_PER_ROW = 16
+
+
+def _sqdist_numba(kernel, x, G, sq, tau, pairs, sqrt):
+    """``NumpyBackend.sqdist_from_gram`` by the numba stripe pass
+    (``_numba_sqdist.sqdist_stripe``, :class:`~triplet_ref.mining.sqdist.StripePass`) in
+    place on ``G``: the epilogue, the close-pair test, the clamp, the square root, the zero
+    diagonal and the (here already exact) symmetry in one sweep, then the close pairs
+    found refined (``refine_sparse_inplace``)."""
+    from ..mining import _blocks
+    from ..mining.sqdist import StripePass
+
+    n = G.shape[0]
+    sq = np.array(sq, dtype=G.dtype, copy=True)  # writable, contiguous (compiled for those)
+    thr = sq * G.dtype.type(tau) if tau > 0 else np.full(n, -np.inf, dtype=G.dtype)
+    with StripePass(kernel, G, sq, thr, sqrt, _NUMBA_TILE, _blocks.cpu_count(),
+                    _NUMBA_THREAD_MIN, _FOUND_PER_ROW) as sp:
+        for g in range(0, n, _NUMBA_ROWS):
+            sp.stripe(g, min(n, g + _NUMBA_ROWS))
+    if not sp.count:
+        return G
+    found = sp.found()
+    if found is None:  # more close pairs than the buffers hold: search d² (pairs r < c)
+        d2 = G * G if sqrt else G
+        r, c = np.nonzero(d2 < (thr + thr.max())[:, None])
+        keep = r < c
+        r, c = r[keep], c[keep]
+        found = (r, c, d2[r, c])
+    return refine_sparse_inplace(np, x, G, sq, tau, pairs, sqrt=sqrt, found=found)
 
 
 def refine_sparse_inplace(xp, x, d, w, tau, pairs, sqrt=False, found=None):

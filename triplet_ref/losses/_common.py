@@ -166,9 +166,7 @@ def count_true(ctx: Context, mask, axis=None, dtype=None):
     the backend's index dtype), without a (B, B) integer temporary."""
     xp = ctx.xp
     dtype = dtype if dtype is not None else ctx.backend.index_dtype(xp)
-    if hasattr(xp, "count_nonzero"):
-        return xp.astype(xp.count_nonzero(mask, axis=axis), dtype, copy=False)
-    return xp.sum(xp.astype(mask, dtype), axis=axis)
+    return ctx.backend.count_true(xp, mask, axis, dtype)
 
 
 def as_float(ctx: Context, x):

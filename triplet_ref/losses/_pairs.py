@@ -57,8 +57,11 @@ class Pairs:
 
     def _pos_neg(self):
         if self._masks is None:
-            xp = self.ctx.xp
-            eq = self.y[:, None] == self.Y[None, :]
+            xp, be = self.ctx.xp, self.ctx.backend
+            if self.n_same != 0 and self.same is None:  # the batch itself (the backend's masks)
+                self._masks = be.label_masks(xp, self.y, self.ctx.device)
+                return self._masks
+            eq = be.equal_labels(xp, self.y, self.Y)
             if self.n_same == 0:
                 pos = eq
             elif self.same is not None:

@@ -137,6 +137,14 @@ def _c(a: np.ndarray) -> np.ndarray:
     return np.array(a, order="C", copy=True)
 
 
+def _full(a, dtype, shape) -> np.ndarray:
+    """``a`` as an array of ``dtype`` and ``shape``: itself when it has that shape already
+    (``np.broadcast_to`` returns a read-only view even then, which ``_c`` would copy: two
+    (B, R) copies per backward), else broadcast (a 0-d gradient)."""
+    a = np.asarray(a, dtype=dtype)
+    return a if a.shape == tuple(shape) else np.broadcast_to(a, shape)
+
+
 class Accelerated:
     """A NumPy kernel with a numba twin: ``f(*arrays)`` runs the selected body.
 
@@ -218,8 +226,8 @@ def _hinge_forward(k, numpy_body, d, pos, neg, margin):
 
 def _hinge_backward(k, numpy_body, d, pos, neg, margin, grad, count):
     d, pos, neg = _c(d), _c(pos), _c(neg)
-    grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
-    count = _c(np.broadcast_to(np.asarray(count, dtype=np.int32), d.shape))
+    grad = _c(_full(grad, d.dtype, d.shape))
+    count = _c(_full(count, np.int32, d.shape))
     out = np.zeros(d.shape, dtype=d.dtype)
     _run_rows(k.hinge_backward, d, pos, neg, *_pm(d, margin), COMPILED_K, grad, count, out)
     return out
@@ -236,8 +244,8 @@ def _soft_forward(k, numpy_body, d, pos, neg, margin):
 
 def _soft_backward(k, numpy_body, d, pos, neg, margin, grad, slope):
     d, pos, neg = _c(d), _c(pos), _c(neg)
-    grad = _c(np.broadcast_to(np.asarray(grad, dtype=d.dtype), d.shape))
-    slope = _c(np.broadcast_to(np.asarray(slope, dtype=d.dtype), d.shape))
+    grad = _c(_full(grad, d.dtype, d.shape))
+    slope = _c(_full(slope, d.dtype, d.shape))
     out = np.zeros(d.shape, dtype=d.dtype)
     _run(k.soft_backward, d, pos, neg, d.dtype.type(margin), d.dtype.type(1), grad, slope, out)
     return out
