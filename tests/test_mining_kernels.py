@@ -387,6 +387,32 @@ def test_thresholds_step_down_where_dp_plus_m_rounds_up(dtype):
     assert lowered > 0  # the step down ran
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thresholds_where_a_negative_margin_cancels_most_of_dp(dtype):
+    """A margin of the other sign that cancels most of ``dp`` (``fl(dp − x)`` flat over
+    many floats ``x``): ``τ`` lies far below ``fl(dp + m)``, past any fixed number of
+    steps. The NumPy thresholds and the numba body's scalar ``_tau`` (both bisect there)
+    decide ``(dp − x) + m > 0 ⇔ x < τ`` at ``τ`` and the float below it."""
+    rng = np.random.default_rng(1)
+    dp = np.concatenate([[dtype(0.38144156)], (rng.random(300) * 10.0 ** rng.integers(-3, 4, 300))]).astype(dtype)
+    m = np.concatenate([[dtype(-0.36424822)], -dp[1:] * (1 - 10.0 ** rng.uniform(-6, -1, 300))]).astype(dtype)
+    down = np.asarray(-np.inf, dtype)
+    far = 0
+    use_numba = mining.numba_available()
+    if use_numba:
+        from triplet_ref.mining import _numba_kernels as k
+    for a, mm in zip(dp, m):
+        tau = _blocks.thresholds(np.array([a]), mm)[0]
+        t = a + mm
+        far += int(t > 0 and tau < np.nextafter(np.nextafter(np.nextafter(np.nextafter(t, down), down), down), down))
+        for x in (tau, np.nextafter(tau, down)):
+            x = max(x, dtype(0))
+            assert ((a - x) + mm > 0) == (x < tau), (a, mm, tau)
+        if use_numba:
+            assert k._tau(a, mm, dtype(np.inf), dtype(-np.inf)) == tau, (a, mm)
+    assert far > 0  # the bisection ran
+
+
 def test_flat_refuses_a_strided_block():
     with pytest.raises(RuntimeError, match="not C-contiguous"):
         _blocks.flat(np.zeros((4, 4))[:, ::2])

@@ -224,8 +224,15 @@ def test_which_body_runs(monkeypatch):
     monkeypatch.setenv("TRIPLET_REF_NUMBA", "1")
     tr.batch_all(y, x, soft=True)
     assert soft.ran[-1] == "numba"
-    with pytest.raises(NotImplementedError, match="batch_all_forward: the numba body runs float32/float64"):
+    # forced numba on a dtype it does not run: a clear error from the first kernel of the
+    # call (the distances' stripe pass, then the batch-all rows), never a silent fallback
+    with pytest.raises(NotImplementedError, match="pairwise_distances: the numba body runs float32/float64"):
         tr.batch_all(y, x.astype(np.longdouble))
+    d = np.asarray(tr.pairwise_distances(x), dtype=np.longdouble)
+    yy = np.asarray(y)
+    pos = (yy[:, None] == yy[None, :]) & ~np.eye(4, dtype=bool)
+    with pytest.raises(NotImplementedError, match="batch_all_forward: the numba body runs float32/float64"):
+        HINGE.kernel.forward(d, pos, yy[:, None] != yy[None, :], np.longdouble(1.0))
     monkeypatch.setenv("TRIPLET_REF_NUMBA", "0")
     tr.batch_all(y, x)
     assert hinge.ran[-1] == "numpy"

@@ -83,13 +83,26 @@ def _tau(dp, m, up, down):
             t = _next(t, up)
         else:
             break
-    for _ in range(4):  # pragma: no branch (a guard, as above)
+    for _ in range(4):
         prev = _next(t, down)
         if not ((dp - prev) + m > 0) and t > 0:
             t = prev
         else:
-            break
-    return t
+            return t
+    # a margin of the other sign that cancels most of dp: fl(dp − x) is flat over many
+    # floats x, so τ may lie far below fl(dp + m): bisect the bit patterns in [+0.0, t]
+    # (``_blocks._bisect_down``; the rule is monotone in x)
+    if not ((dp - (t - t)) + m > 0):
+        return t - t  # +0.0: the rule fails everywhere
+    lo = 0
+    hi = _bits(t)
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        if (dp - _from_bits(mid, t)) + m > 0:
+            lo = mid
+        else:
+            hi = mid
+    return _from_bits(hi, t)
 
 
 @nb.njit(fastmath={"reassoc"}, **_JIT)
